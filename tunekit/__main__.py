@@ -1,0 +1,3 @@
+from tunekit.cli import main
+
+raise SystemExit(main())
