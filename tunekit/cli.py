@@ -1,0 +1,119 @@
+"""Command line: one subcommand per stage, `run` for all of them, and `models`.
+
+Any TunekitError exits with code 2 and one clear message; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tunekit.errors import TunekitError
+
+
+def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.add_argument("config", help="the run's YAML config")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. train.lr=1e-4")
+    p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+    p.add_argument("--force", action="store_true", help="redo stages even if already done")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunekit", description="Fine-tune an open language model on your data, and prove it helped.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _stage_parser(sub, "run", "prepare -> train -> eval -> report")
+    _stage_parser(sub, "prepare", "validate, clean, dedupe and split the data")
+    p = _stage_parser(sub, "train", "fine-tune (resumes from the last checkpoint)")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    _stage_parser(sub, "eval", "score base, few-shot and tuned models on held-out data")
+    _stage_parser(sub, "report", "write report.md and report.html")
+
+    models = sub.add_parser("models", help="the base-model store").add_subparsers(dest="models_command", required=True)
+    models.add_parser("list", help="registry and cached models")
+    models.add_parser("pull", help="fetch a model into the cache").add_argument("name")
+    imp = models.add_parser("import", help="add a local HF folder or .gguf file to the cache")
+    imp.add_argument("path")
+    imp.add_argument("--name", default=None)
+    models.add_parser("info", help="architecture, size and source of a model").add_argument("name")
+    return parser
+
+
+def _cmd_stage(args) -> int:
+    from tunekit import pipeline
+    from tunekit.config import load_config
+    from tunekit.progress import console
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
+    if args.command == "run":
+        report = pipeline.run_all(cfg, run_dir, force=args.force)
+        _print_headline(run_dir, report)
+        return 0
+    result = pipeline.run_stage(cfg, run_dir, args.command, force=args.force, resume=not getattr(args, "no_resume", False))
+    if args.command == "report":
+        _print_headline(run_dir, run_dir / "report.md")
+    elif result is not None:
+        console.print(f"{args.command} done: {run_dir}")
+    return 0
+
+
+def _print_headline(run_dir: Path, report: Path) -> None:
+    from tunekit.eval.report import headline
+    from tunekit.progress import console
+
+    scores_path = run_dir / "eval" / "scores.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+    console.rule("[bold]result")
+    for line in headline(scores):
+        if line:
+            console.print(line)
+    console.print(f"\nreport: {report}  (and {report.with_suffix('.html')})")
+
+
+def _cmd_models(args) -> int:
+    from tunekit import models
+
+    if args.models_command == "list":
+        for m in models.list_models():
+            print(json.dumps(m))
+    elif args.models_command == "pull":
+        print(models.pull(args.name))
+    elif args.models_command == "import":
+        print(models.import_model(args.path, name=args.name))
+    elif args.models_command == "info":
+        print(json.dumps(models.info(args.name), indent=2, default=str))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Our own progress and messages replace the libraries' bars and deprecation chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        return _cmd_models(args) if args.command == "models" else _cmd_stage(args)
+    except TunekitError as e:
+        if args.debug:
+            raise
+        print(f"tunekit: {e.kind}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunekit: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

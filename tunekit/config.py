@@ -1,0 +1,197 @@
+"""Typed configuration: one YAML file, sections data/model/method/train/eval/export.
+
+Unknown keys and bad values are errors that name the key path (and the closest valid
+key for a typo). CLI overrides are `key.sub=value`, parsed as YAML scalars. The fully
+resolved config, every default written out, is saved as `runs/<name>/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunekit.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = "smollm2-135m-instruct"
+    """Registry name, local HF folder, .gguf file or hub id."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class DataConfig(_Section):
+    train: str
+    """Training conversations (OpenAI chat JSONL: {"messages": [...]})."""
+    eval: str | None = None
+    """Held-out questions for generation metrics (optional)."""
+    valid_fraction: float = Field(0.05, ge=0.0, lt=0.5)
+    max_length: int = Field(512, gt=8)
+    dedup: bool = True
+    near_dup_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    max_reject_fraction: float = Field(0.10, ge=0.0, le=1.0)
+    """Stop before training when more than this share of records is rejected."""
+
+
+class MethodConfig(_Section):
+    kind: Literal["lora", "full"] = "lora"
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    layers: str | None = None
+    """Which transformer blocks train: null (all), "last:K", or a range "A-B" (inclusive)."""
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_spec(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import re
+
+        if not re.fullmatch(r"last:\d+|\d+-\d+", v.strip()):
+            raise ValueError('must be "last:K" or a range "A-B", e.g. "last:12" or "10-29"')
+        return v.strip()
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    save_every: int = Field(100, ge=0)
+    """Checkpoint every N optimiser steps (0: only at the end)."""
+    keep_last: int = Field(2, gt=0)
+    log_every: int = Field(5, gt=0)
+    threads: int | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    few_shot_k: int = Field(3, ge=0)
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_questions: int | None = Field(None, gt=0)
+    contenders: list[Literal["base", "few_shot", "tuned"]] = ["base", "few_shot", "tuned"]
+
+
+class ExportConfig(_Section):
+    formats: list[Literal["adapter", "merged"]] = []
+
+
+class Config(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        if self.method.kind == "full" and self.method.layers is None and self.method.target_modules != "all-linear":
+            raise ValueError("method.target_modules applies to lora only; for full use method.layers")
+        return self
+
+
+def _valid_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names at `path` inside `model` (for 'did you mean')."""
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            choices = _valid_keys(Config, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], choices, n=1)
+            hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+            lines.append(f"  {key}: unknown key{hint}; valid keys here: {', '.join(choices)}")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: required but missing")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `key.sub=value`; the value is read as a YAML scalar (1e-4, true, [a, b])."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override '{text}' has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return path, value
+
+
+def _apply_override(raw: dict, path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {'.'.join(path)}: '{part}' is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Path | None = None) -> Config:
+    """Read, override and validate a config. Relative data paths resolve against the file's folder."""
+    raw: dict = {}
+    source = "(overrides only)"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections (data, model, ...)")
+        base_dir = base_dir or path.parent
+    for text in overrides:
+        _apply_override(raw, *parse_override(text))
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+    if base_dir is not None:
+        cfg.data.train = _resolve_path(cfg.data.train, base_dir)
+        if cfg.data.eval:
+            cfg.data.eval = _resolve_path(cfg.data.eval, base_dir)
+    return cfg
+
+
+def _resolve_path(p: str, base_dir: Path) -> str:
+    q = Path(p)
+    if q.is_absolute() or q.exists():
+        return str(q)
+    return str((base_dir / q).resolve()) if (base_dir / q).exists() else str(q)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, every default written out."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

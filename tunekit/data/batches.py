@@ -1,0 +1,61 @@
+"""Tokenised examples -> padded batches with little padding.
+
+Examples are grouped by length (sorted inside shuffled buckets of 50 batches), so a
+batch holds examples of similar length and padding stays small, while the order of
+batches still changes every epoch. The order depends only on (seed, epoch), so a
+resumed run can skip to the exact batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from tunekit.data.template import IGNORE, Tokenized
+
+BUCKET = 50
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), IGNORE where no loss
+    tokens: int  # real (unpadded) tokens
+
+    @property
+    def supervised(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+def epoch_batches(examples: list[Tokenized], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Index lists of one epoch's batches; deterministic in (seed, epoch)."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    span = batch_size * BUCKET
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: len(examples[i].input_ids))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Tokenized], indices: list[int], pad_id: int) -> Batch:
+    """Right-pad a batch; padded positions are masked out of attention and loss."""
+    width = max(len(examples[i].input_ids) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    tokens = 0
+    for row, i in enumerate(indices):
+        ex = examples[i]
+        n = len(ex.input_ids)
+        ids[row, :n] = torch.tensor(ex.input_ids)
+        labels[row, :n] = torch.tensor(ex.labels)
+        mask[row, :n] = 1
+        tokens += n
+    return Batch(ids, mask, labels, tokens)

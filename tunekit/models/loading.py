@@ -1,0 +1,42 @@
+"""Load a resolved model folder into memory for training, evaluation or generation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from tunekit.errors import ModelError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def set_threads(threads: int | None) -> None:
+    """Use every core unless told otherwise (torch's default can undercount in containers)."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the tokenizer from {path}: {e}") from None
+    if not tok.chat_template:
+        raise ModelError(f"the tokenizer in {path} has no chat template; tunekit trains chat models and needs one")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a causal language model from {path}: {e}") from None
+    model.config.use_cache = False
+    return model

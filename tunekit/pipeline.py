@@ -1,0 +1,120 @@
+"""Stages in order, each reading the previous stage's artefacts from the run folder.
+
+A finished stage leaves a marker (`.stages/<stage>.json`) holding a hash of the config
+sections it depends on. Rerunning skips a stage whose marker matches; a stage whose
+inputs changed reruns, and so does everything after it. `force` reruns everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tunekit import atomic
+from tunekit.config import Config, dump_config
+from tunekit.progress import console
+
+STAGES = ("prepare", "train", "eval", "report")
+# Which config sections each stage's output depends on (cumulative along the path).
+_DEPENDS = {
+    "prepare": ("seed", "model", "data"),
+    "train": ("seed", "model", "data", "method", "train"),
+    "eval": ("seed", "model", "data", "method", "train", "eval"),
+    "report": ("seed", "model", "data", "method", "train", "eval"),
+}
+
+
+def stage_hash(cfg: Config, stage: str) -> str:
+    dumped = cfg.model_dump(mode="json")
+    relevant = {k: dumped[k] for k in _DEPENDS[stage]}
+    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("threads", "log_every")} if "train" in relevant else None
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_dir_for(cfg: Config, runs_root: str | Path) -> Path:
+    return Path(runs_root) / cfg.name
+
+
+def _marker(run_dir: Path, stage: str) -> Path:
+    return run_dir / ".stages" / f"{stage}.json"
+
+
+def is_done(cfg: Config, run_dir: Path, stage: str) -> bool:
+    m = _marker(run_dir, stage)
+    return m.is_file() and json.loads(m.read_text()).get("hash") == stage_hash(cfg, stage)
+
+
+def _invalidate_from(run_dir: Path, stage: str) -> None:
+    for later in STAGES[STAGES.index(stage):]:
+        _marker(run_dir, later).unlink(missing_ok=True)
+
+
+def _resolve_model(cfg: Config) -> Path:
+    from tunekit.models import resolve
+
+    return Path(resolve(cfg.model.base))
+
+
+def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resume: bool = True) -> dict | None:
+    """Run one stage unless it is already done with the same inputs."""
+    if not force and is_done(cfg, run_dir, stage):
+        console.print(f"[dim]{stage}: already done (use --force to redo)[/]")
+        return None
+    _invalidate_from(run_dir, stage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
+    console.rule(f"[bold]{stage}")
+    t0 = time.time()
+    result = _STAGE_FUNCS[stage](cfg, run_dir, force=force, resume=resume)
+    atomic.write_json(_marker(run_dir, stage), {"hash": stage_hash(cfg, stage), "seconds": round(time.time() - t0, 1)})
+    return result
+
+
+def run_all(cfg: Config, run_dir: Path, force: bool = False) -> Path:
+    for stage in STAGES:
+        run_stage(cfg, run_dir, stage, force=force)
+    return run_dir / "report.md"
+
+
+def _prepare(cfg: Config, run_dir: Path, **_) -> dict:
+    from tunekit.data.prepare import prepare
+    from tunekit.models.loading import load_tokenizer
+
+    report = prepare(cfg, run_dir / "data", load_tokenizer(_resolve_model(cfg)))
+    console.print(f"kept {report['kept']} of {report['lines_read']} records (train {report['train']}, valid {report['valid']}); "
+                  f"rejected {report['rejected']}: {report['rejects_by_reason']}")
+    return report
+
+
+def _train(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True) -> dict:
+    from tunekit.models.loading import load_tokenizer
+    from tunekit.train.loop import train
+
+    if force:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    path = _resolve_model(cfg)
+    result = train(cfg, run_dir, path, load_tokenizer(path), resume=resume and not force, config_hash=stage_hash(cfg, "train"))
+    console.print(f"trained {result['steps']} steps in {result['seconds']:.0f}s at {result['tokens_per_s']:.0f} tokens/s; "
+                  f"peak memory {result['peak_rss_mb']} MB")
+    return result
+
+
+def _eval(cfg: Config, run_dir: Path, **_) -> dict:
+    from tunekit.eval.evaluate import evaluate
+    from tunekit.models.loading import load_tokenizer
+
+    path = _resolve_model(cfg)
+    return evaluate(cfg, run_dir, path, load_tokenizer(path))
+
+
+def _report(cfg: Config, run_dir: Path, **_) -> dict:
+    from tunekit.eval.report import build_report
+
+    return {"report": str(build_report(run_dir))}
+
+
+_STAGE_FUNCS = {"prepare": _prepare, "train": _train, "eval": _eval, "report": _report}

@@ -1,0 +1,99 @@
+"""Checkpoints: `checkpoints/step-N/` with weights (or adapter), optimiser, scheduler,
+RNG states and data position, written atomically; the last K are kept.
+
+An adapter checkpoint is PEFT's own folder format (adapter_config.json +
+adapter_model.safetensors), so any checkpoint can be loaded by `peft` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunekit import atomic
+from tunekit.errors import CheckpointError
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    if not ckpt_root.is_dir():
+        return []
+    found = []
+    for p in ckpt_root.iterdir():
+        m = _STEP.match(p.name)
+        if m and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def is_adapter(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int) -> Path:
+    """Write checkpoint `step-N` atomically, then prune to the newest `keep_last`."""
+    final = ckpt_root / f"step-{step}"
+    with atomic.directory(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            tmp / "trainer_state.pt",
+        )
+        # state.json is written last inside the folder: a folder without it is not a checkpoint.
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    for _, old in list_checkpoints(ckpt_root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimiser, scheduler and RNG from a checkpoint; returns its state."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        trainer = torch.load(path / "trainer_state.pt", weights_only=False)
+        load_weights(path, model)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({e}); delete it to resume from the one before") from None
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    _set_rng_state(trainer["rng"])
+    return state
+
+
+def load_weights(path: Path, model) -> None:
+    """Load checkpoint weights into `model` (adapter weights into a PEFT model)."""
+    from safetensors.torch import load_file
+
+    if is_adapter(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no weights (*.safetensors) in {path}")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied output embeddings are saved once; anything else missing means a wrong model.
+    missing = [k for k in missing if "lm_head" not in k]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
