@@ -12,3 +12,27 @@ from tiny import save_tiny  # noqa: E402
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama + tokenizer saved as a plain HF folder, built once per session."""
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from tunekit.models.loading import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture
+def offline_home(tmp_path, monkeypatch) -> Path:
+    """An empty TUNEKIT_HOME and no network sources: runs on the tiny model touch nothing else."""
+    monkeypatch.setenv("TUNEKIT_HOME", str(tmp_path / "tk-home"))
+    monkeypatch.setenv("TUNEKIT_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "tk-home"
+
+
+def pytest_configure(config):
+    # Tiny models gain nothing from threads, and on a shared machine a second OpenMP
+    # thread fighting another process for a core makes small matmuls ~20x slower.
+    import torch
+
+    torch.set_num_threads(1)
