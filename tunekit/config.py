@@ -46,6 +46,8 @@ class MethodConfig(_Section):
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+    lora_plus_ratio: float | None = Field(None, ge=1.0)
+    """LoRA+: B matrices learn this many times faster than A (the paper suggests 16)."""
     layers: str | None = None
     """Which transformer blocks train: null (all), "last:K", or a range "A-B" (inclusive)."""
 

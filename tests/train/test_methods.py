@@ -26,9 +26,8 @@ def batch(tiny_tokenizer):
     return collate(ex, [0, 1, 2], tiny_tokenizer.pad_token_id)
 
 
-def _train_steps(model, batch, steps: int = 3) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, TrainConfig(lr=1e-2))
+def _train_steps(model, batch, steps: int = 3, lora_plus_ratio=None) -> None:
+    opt = make_optimizer(model, TrainConfig(lr=1e-2), lora_plus_ratio)
     for _ in range(steps):
         total, n = supervised_loss_sum(model, batch.input_ids, batch.attention_mask, batch.labels)
         (total / n).backward()
@@ -102,3 +101,12 @@ def test_select_layers():
     assert select_layers(None, 4) == [0, 1, 2, 3]
     assert select_layers("last:2", 4) == [2, 3]
     assert select_layers("1-2", 4) == [1, 2]
+
+
+def test_lora_plus_gives_b_matrices_a_larger_learning_rate(tiny_model_dir):
+    model, _ = apply_method(load_model(tiny_model_dir), MethodConfig(kind="lora", r=2, alpha=4))
+    opt = make_optimizer(model, TrainConfig(lr=1e-3), lora_plus_ratio=16)
+    ids = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    names = {n: ids[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(lr == pytest.approx(16e-3 if "lora_B" in n else 1e-3) for n, lr in names.items())
+    assert any("lora_B" in n for n in names) and any("lora_A" in n for n in names)

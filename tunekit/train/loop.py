@@ -94,7 +94,7 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     plan = make_plan(cfg, len(train_ex))
-    optimizer = make_optimizer(params, cfg.train)
+    optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind == "lora" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
     ckpt_root = run_dir / "checkpoints"
     start, tokens_seen = _maybe_resume(ckpt_root, model, optimizer, scheduler, resume, config_hash)

@@ -9,10 +9,21 @@ import torch
 from tunekit.config import TrainConfig
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lora_plus_ratio: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with LoRA+ the B matrices get `ratio` x the lr."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if lora_plus_ratio:
+        # LoRA+ (Hayou et al. 2024): B starts at zero and needs larger steps than A for
+        # the product BA to learn efficiently; the ratio is the paper's knob.
+        groups = [
+            {"params": [p for n, p in named if "lora_B" not in n], "lr": cfg.lr},
+            {"params": [p for n, p in named if "lora_B" in n], "lr": cfg.lr * lora_plus_ratio},
+        ]
+    else:
+        groups = [{"params": [p for _, p in named], "lr": cfg.lr}]
     # foreach batches the per-parameter update into a few kernels: on CPU it is the
     # fastest AdamW implementation torch has for many small LoRA tensors.
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), foreach=True)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
