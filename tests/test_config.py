@@ -57,6 +57,7 @@ def test_missing_train_data_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("text,path,value", [
     ("train.lr=0.001", ["train", "lr"], 0.001),
+    ("train.lr=1e-4", ["train", "lr"], 1e-4),  # YAML 1.1 alone would give the string "1e-4"
     ("data.dedup=false", ["data", "dedup"], False),
     ("train.batch_size=4", ["train", "batch_size"], 4),
     ("method.target_modules=[q_proj, v_proj]", ["method", "target_modules"], ["q_proj", "v_proj"]),

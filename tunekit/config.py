@@ -136,6 +136,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+_FLOAT = __import__("re").compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse `key.sub=value`; the value is read as a YAML scalar (1e-4, true, [a, b])."""
     if "=" not in text:
@@ -145,6 +148,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override '{text}' has an empty key")
     value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and _FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     return path, value
 
 

@@ -63,6 +63,16 @@ def test_each_reject_reason_with_its_line_number(tmp_path):
     assert malformed.raw == CASES[1][0]  # the broken text itself is kept
 
 
+def test_invalid_utf8_is_rejected_not_altered(tmp_path):
+    p = tmp_path / "t.jsonl"
+    good = json.dumps({"messages": [U("q"), A("a")]}).encode()
+    bad = b'{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "x"}]}'
+    p.write_bytes(good + b"\n" + bad + b"\n" + good.replace(b'"q"', b'"q2"') + b"\n")
+    records, rejects = load_records(p)
+    assert [r.line for r in records] == [1, 3]
+    assert [(r.line, r.reason) for r in rejects] == [(2, "bad_encoding")]
+
+
 def test_bom_and_crlf(tmp_path):
     p = tmp_path / "t.jsonl"
     rows = [json.dumps({"messages": [U(f"q{i}"), A(f"a{i}")]}) for i in range(3)]

@@ -36,6 +36,13 @@ def _dedup(records: list[Record], cfg: Config) -> tuple[list[Record], list[Rejec
             r = kept[i]
             detail = f"near duplicate of line {kept[j].line} (estimated Jaccard {sim:.2f} >= {cfg.data.near_dup_threshold})"
             rejects.append(Reject(r.line, r.source, "near_duplicate", detail, {"messages": r.messages}))
+        # An exact duplicate of a record later dropped as a near duplicate should name
+        # the record that stayed, not only one that is gone too.
+        gone = {kept[i].line: kept[j].line for i, (j, _) in near.items()}
+        for r in rejects:
+            first_line = first.get(exact_hash(r.raw["messages"])) if r.reason == "exact_duplicate" else None
+            if first_line in gone:
+                r.detail += f" (itself a near duplicate of line {gone[first_line]}, which is kept)"
         kept = [r for i, r in enumerate(kept) if i not in near]
     return kept, rejects
 

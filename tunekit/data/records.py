@@ -17,6 +17,8 @@ from typing import Iterator
 from tunekit.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+BAD_ENCODING = object()
+"""Marker read_jsonl yields for a line that is not valid UTF-8."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -87,7 +89,12 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, object | None, str]]:
         raise DataError(f"data file {path} not found; set data.train in the config to a JSONL file")
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            text = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+            try:
+                text = raw.decode("utf-8").lstrip("\ufeff")
+            except UnicodeDecodeError:
+                # Replacing bad bytes would change the record silently; reject it instead.
+                yield n, BAD_ENCODING, raw.decode("utf-8", errors="replace").rstrip("\n")
+                continue
             if not text.strip():
                 continue
             try:
@@ -101,6 +108,9 @@ def load_records(path: str | Path, *, need_assistant: bool = True) -> tuple[list
     records, rejects = [], []
     src = str(path)
     for n, obj, raw in read_jsonl(path):
+        if obj is BAD_ENCODING:
+            rejects.append(Reject(n, src, "bad_encoding", "line is not valid UTF-8; re-save the file as UTF-8", raw[:2000]))
+            continue
         if obj is None:
             rejects.append(Reject(n, src, "malformed_json", "line is not valid JSON (truncated or broken)", raw[:2000]))
             continue
