@@ -66,7 +66,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     if questions and "few_shot" in cfg.eval.contenders and cfg.eval.few_shot_k > 0:
         index = ShotIndex([r.messages for r in train_records])
         prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
-        answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, max(1, bs // 2), "eval few-shot")
+        answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
     if "tuned" in cfg.eval.contenders:
         model = load_tuned(cfg, run_dir, model)
         if valid_ex:
