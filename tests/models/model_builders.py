@@ -10,42 +10,13 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "hello world, hello tunekit"]
-
-
-def tiny_tokenizer():
-    """A byte-level BPE tokenizer trained on three sentences, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="</s>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 def tiny_hf_folder(path: Path) -> Path:
-    """A 2-layer Llama (hidden 32) with tokenizer and chat template, saved at `path`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The suite's tiny 2-layer Llama with tokenizer and chat template, saved at `path`."""
+    from tiny import save_tiny
 
-    tok = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny(path)
 
 
 def _bytes_to_unicode() -> list[str]:

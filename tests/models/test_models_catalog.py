@@ -25,7 +25,7 @@ def test_import_folder_copies_and_loads(tiny_folder: Path, home: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert model.config.hidden_size == 32
-    assert "<|assistant|>" in tok.apply_chat_template(
+    assert "<|im_start|>assistant" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
 
 
@@ -83,7 +83,7 @@ def test_info(tiny_folder: Path) -> None:
     data = info("tiny")
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
     assert data["architecture"] == "LlamaForCausalLM"
-    assert (data["layers"], data["hidden_size"], data["context_length"]) == (2, 32, 128)
+    assert (data["layers"], data["hidden_size"], data["context_length"]) == (2, 32, 512)
     assert data["parameters"] == n_params
     assert data["chat_template"] is True and data["dtype"] == "F32"
     assert data["source"]["kind"] == "local-folder" and len(data["sha256"]) == 64

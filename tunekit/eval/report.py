@@ -58,8 +58,13 @@ def verdict(scores: dict) -> str:
 
 
 def headline(scores: dict) -> list[str]:
+    """The verdict, then each contender's score and the tuned model's lead over each."""
     acc = scores.get("fact_accuracy", {})
     lines = [f"- {LABELS[k]}: {100 * acc[k]:.1f}% fact accuracy" for k in ("base", "few_shot", "tuned") if k in acc]
+    for key, d in scores.get("differences", {}).items():
+        other = key.removeprefix("tuned_minus_")
+        lo, hi = (100 * x for x in d["ci95"])
+        lines.append(f"- fine-tuned minus {LABELS[other]}: {100 * d['diff']:+.1f} points (95% CI {lo:+.1f} to {hi:+.1f})")
     return [verdict(scores), ""] + lines
 
 
@@ -97,6 +102,18 @@ def _examples(predictions: Path, limit: int = 5) -> list[dict]:
     return out
 
 
+_COST_ROWS = [
+    ("method", "method", "{}"),
+    ("trainable_params", "trainable parameters", "{:,}"),
+    ("steps", "optimiser steps", "{:,}"),
+    ("tokens_seen", "tokens trained on", "{:,}"),
+    ("seconds", "training time", "{:.0f} s"),
+    ("tokens_per_s", "throughput", "{:.0f} tokens/s"),
+    ("peak_rss_mb", "peak memory (RSS)", "{:,} MB"),
+    ("final_train_loss", "final training loss", "{:.4f}"),
+]
+
+
 def build_report(run_dir: Path) -> Path:
     """Write report.md and report.html into the run folder; returns report.md's path."""
     scores = _read_json(run_dir / "eval" / "scores.json")
@@ -111,9 +128,9 @@ def build_report(run_dir: Path) -> Path:
     if "eval" in data:
         md += [f"- held-out questions: {data['eval']['items']} (found verbatim in training: {data['eval']['leaked_into_train']})"]
     md += ["", "## Training cost", ""]
-    for key in ("method", "trainable_params", "steps", "tokens_seen", "seconds", "tokens_per_s", "peak_rss_mb", "final_train_loss"):
-        if key in train:
-            md.append(f"- {key.replace('_', ' ')}: {train[key]}")
+    for key, label, fmt in _COST_ROWS:
+        if train.get(key) is not None:
+            md.append(f"- {label}: {fmt.format(train[key])}")
     md += ["", "## Where the contenders differ", ""]
     for row in _examples(run_dir / "eval" / "predictions.jsonl"):
         md += [f"**Q:** {row['question']}", "", f"*reference:* {row['reference']}", ""]

