@@ -27,9 +27,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Benchmarks are not tests: they measure this machine and write bench/results/.
 bench: setup
-	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/vs_trl.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

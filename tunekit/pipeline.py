@@ -17,13 +17,14 @@ from tunekit import atomic
 from tunekit.config import Config, dump_config
 from tunekit.progress import console
 
-STAGES = ("prepare", "train", "eval", "report")
+STAGES = ("prepare", "train", "eval", "report", "export")
 # Which config sections each stage's output depends on (cumulative along the path).
 _DEPENDS = {
     "prepare": ("seed", "model", "data"),
     "train": ("seed", "model", "data", "method", "train"),
     "eval": ("seed", "model", "data", "method", "train", "eval"),
     "report": ("seed", "model", "data", "method", "train", "eval"),
+    "export": ("seed", "model", "data", "method", "train", "export"),
 }
 
 
@@ -75,6 +76,8 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resum
 
 def run_all(cfg: Config, run_dir: Path, force: bool = False) -> Path:
     for stage in STAGES:
+        if stage == "export" and not cfg.export.formats:
+            continue
         run_stage(cfg, run_dir, stage, force=force)
     return run_dir / "report.md"
 
@@ -117,4 +120,15 @@ def _report(cfg: Config, run_dir: Path, **_) -> dict:
     return {"report": str(build_report(run_dir))}
 
 
-_STAGE_FUNCS = {"prepare": _prepare, "train": _train, "eval": _eval, "report": _report}
+def _export(cfg: Config, run_dir: Path, **_) -> dict:
+    from tunekit.errors import ConfigError
+    from tunekit.export.basic import export_run
+    from tunekit.models.loading import load_tokenizer
+
+    if not cfg.export.formats:
+        raise ConfigError("export.formats is empty; set it, e.g. `export.formats=[adapter, merged]`")
+    path = _resolve_model(cfg)
+    return export_run(run_dir, cfg.export.formats, path, load_tokenizer(path))
+
+
+_STAGE_FUNCS = {"prepare": _prepare, "train": _train, "eval": _eval, "report": _report, "export": _export}

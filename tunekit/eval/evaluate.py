@@ -69,8 +69,10 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
     if "tuned" in cfg.eval.contenders:
         model = load_tuned(cfg, run_dir, model)
+        trained = json.loads((run_dir / "train_state.json").read_text())
         if valid_ex:
-            losses["tuned"] = evaluate_loss(model, valid_ex, pad, bs)
+            # The train stage already measured the final weights on this validation set.
+            losses["tuned"] = trained.get("valid_loss") or evaluate_loss(model, valid_ex, pad, bs)
         if questions:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
 
