@@ -114,3 +114,12 @@ def test_module_help():
     assert p.returncode == 0
     for word in ("run", "prepare", "train", "eval", "report", "models"):
         assert word in p.stdout
+
+
+def test_models_list_table_and_json(offline_home, capsys):
+    assert main(["models", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in table and "(default)" in table and "cached" in table
+    assert main(["models", "list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any(r["name"] == "smollm2-135m-instruct" and r["default"] for r in rows)

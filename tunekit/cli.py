@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "export", "write export.formats (adapter, merged) under the run's export/")
 
     models = sub.add_parser("models", help="the base-model store").add_subparsers(dest="models_command", required=True)
-    models.add_parser("list", help="registry and cached models")
+    models.add_parser("list", help="registry and cached models").add_argument("--json", action="store_true", help="one JSON object a line")
     models.add_parser("pull", help="fetch a model into the cache").add_argument("name")
     imp = models.add_parser("import", help="add a local HF folder or .gguf file to the cache")
     imp.add_argument("path")
@@ -81,8 +81,7 @@ def _cmd_models(args) -> int:
     from tunekit import models
 
     if args.models_command == "list":
-        for m in models.list_models():
-            print(json.dumps(m))
+        _print_models(models.list_models(), as_json=args.json)
     elif args.models_command == "pull":
         print(models.pull(args.name))
     elif args.models_command == "import":
@@ -102,6 +101,22 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _print_models(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for m in rows:
+            print(json.dumps(m))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "cached", "size", "source", "description", box=None)
+    for m in rows:
+        size = f"{m['size_bytes'] / 1e6:,.0f} MB" if m.get("size_bytes") else ""
+        name = m["name"] + (" (default)" if m.get("default") else "")
+        table.add_row(name, "yes" if m["cached"] else "no", size, m.get("source") or ", ".join(m.get("sources", [])), m.get("description") or "")
+    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
