@@ -103,6 +103,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--questions", type=int, default=64)
     args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     cfg = load_config(CONFIG)
     set_threads(None)
     path = Path(resolve(cfg.model.base))
