@@ -123,3 +123,16 @@ def test_models_list_table_and_json(offline_home, capsys):
     assert main(["models", "list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert any(r["name"] == "smollm2-135m-instruct" and r["default"] for r in rows)
+
+
+def test_settings_without_effect_do_not_invalidate_stages(tmp_path, tiny_model_dir):
+    from tunekit.config import Config
+    from tunekit.pipeline import stage_hash
+
+    raw = tiny_run_config(tmp_path, tiny_model_dir, 10)
+    base = Config.model_validate(raw)
+    quiet = base.model_copy(update={"train": base.train.model_copy(update={"threads": 2, "save_every": 7, "keep_last": 5})})
+    louder = base.model_copy(update={"train": base.train.model_copy(update={"lr": 0.5})})
+    assert stage_hash(base, "train") == stage_hash(quiet, "train")
+    assert stage_hash(base, "train") != stage_hash(louder, "train")
+    assert stage_hash(base, "prepare") == stage_hash(louder, "prepare")

@@ -28,10 +28,15 @@ _DEPENDS = {
 }
 
 
+# Settings that change how a run is carried out, not what it computes.
+_NO_EFFECT = ("threads", "log_every", "save_every", "keep_last")
+
+
 def stage_hash(cfg: Config, stage: str) -> str:
     dumped = cfg.model_dump(mode="json")
     relevant = {k: dumped[k] for k in _DEPENDS[stage]}
-    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("threads", "log_every")} if "train" in relevant else None
+    if "train" in relevant:
+        relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in _NO_EFFECT}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
