@@ -46,3 +46,27 @@ def test_bootstrap_mixed_interval_contains_difference_and_is_deterministic():
     assert lo <= 0.2 <= hi and lo < hi
     assert paired_bootstrap(a, b, seed=3) == (lo, hi)
     assert paired_bootstrap([], []) == (0.0, 0.0)
+
+
+def test_unlabelled_held_out_items_are_answered_but_not_scored(tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
+    from helpers import tiny_run_config, write_jsonl
+    from tunekit import pipeline
+    from tunekit.config import Config
+
+    monkeypatch.setenv("TUNEKIT_OFFLINE", "1")
+    raw = tiny_run_config(tmp_path, tiny_model_dir, 20, n_eval=4)
+    items = [json.loads(x) for x in open(raw["data"]["eval"])]
+    for it in items[:2]:
+        del it["required"]
+    write_jsonl(tmp_path / "in" / "heldout.jsonl", items)
+    cfg = Config.model_validate(raw)
+    run_dir = tmp_path / "runs" / cfg.name
+    for stage in ("prepare", "train", "eval"):
+        pipeline.run_stage(cfg, run_dir, stage)
+    scores = json.loads((run_dir / "eval" / "scores.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert scores["questions"] == 2
+    assert [bool(r["correct"]) for r in rows] == [False, False, True, True]
+    assert all(set(r["answers"]) == {"base", "few_shot", "tuned"} for r in rows)

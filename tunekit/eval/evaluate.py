@@ -76,10 +76,13 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         if questions:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
 
-    flags = {k: [states_facts(a, it.extra.get("required", [])) for a, it in zip(v, items)] for k, v in answers.items()}
-    has_facts = any(it.extra.get("required") for it in items)
+    # Only items labelled with required facts can be scored; the rest keep their answers.
+    labelled = [i for i, it in enumerate(items) if it.extra.get("required")]
+    flags = {k: [states_facts(v[i], items[i].extra["required"]) for i in labelled] for k, v in answers.items()}
+    has_facts = bool(labelled)
+    slot = {i: j for j, i in enumerate(labelled)}
     scores = {
-        "questions": len(items),
+        "questions": len(labelled) if has_facts else len(items),
         "valid_examples": len(valid_ex),
         "valid_loss": losses,
         "fact_accuracy": {k: accuracy(f) for k, f in flags.items()} if has_facts else {},
@@ -89,7 +92,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     for i, it in enumerate(items):
         row = {"id": it.extra.get("id", i), "question": it.messages[-1]["content"], "reference": it.extra.get("reference"),
                "required": it.extra.get("required"), "answers": {k: v[i] for k, v in answers.items()},
-               "correct": {k: f[i] for k, f in flags.items()}}
+               "correct": {k: f[slot[i]] for k, f in flags.items()} if i in slot else {}}
         rows.append(row)
     atomic.write_jsonl(run_dir / "eval" / "predictions.jsonl", rows)
     atomic.write_json(run_dir / "eval" / "scores.json", scores)
