@@ -25,14 +25,13 @@ sys.path.insert(0, str(ROOT))
 from tunekit.config import load_config  # noqa: E402
 from tunekit.data.batches import collate, epoch_batches  # noqa: E402
 from tunekit.data.records import load_records  # noqa: E402
-from tunekit.data.template import tokenize_chat  # noqa: E402
+from tunekit.data.template import prompt_ids, tokenize_chat  # noqa: E402
 from tunekit.eval.generate import greedy_batch, stop_ids  # noqa: E402
-from tunekit.data.template import prompt_ids  # noqa: E402
 from tunekit.models import resolve  # noqa: E402
 from tunekit.models.loading import load_model, load_tokenizer, set_threads  # noqa: E402
-from tunekit.train.loss import supervised_loss_sum  # noqa: E402
+from tunekit.train.loop import optimizer_step  # noqa: E402
 from tunekit.train.methods import apply_method  # noqa: E402
-from tunekit.train.optim import make_optimizer  # noqa: E402
+from tunekit.train.optim import make_optimizer, make_scheduler  # noqa: E402
 
 CONFIG = ROOT / "examples" / "support" / "config.yaml"
 
@@ -54,21 +53,21 @@ def block_params(model) -> tuple[int, int]:
 
 
 def bench_train(cfg, path: Path, tok, steps: int) -> dict:
+    """`steps` optimiser steps of the real training step (after one warm-up step)."""
     records, _ = load_records(cfg.data.train)
     examples = [tokenize_chat(tok, r.messages) for r in records[: cfg.train.batch_size * (steps + 2)]]
     model, summary = apply_method(load_model(path), cfg.method)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio)
+    sched = make_scheduler(opt, cfg.train, steps + 1)
     batches = epoch_batches(examples, cfg.train.batch_size, cfg.seed, 0)
     tokens = supervised = 0
     for i, idx in enumerate(batches[: steps + 1]):
         if i == 1:  # the first step warms up allocators and kernels
             t0, tokens, supervised = time.perf_counter(), 0, 0
         b = collate(examples, idx, tok.pad_token_id)
-        loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens, supervised = tokens + b.tokens, supervised + n
+        optimizer_step(model, [b], params, opt, sched, cfg.train.max_grad_norm)
+        tokens, supervised = tokens + b.tokens, supervised + b.supervised
     seconds = time.perf_counter() - t0
     blocks, head = block_params(model.get_base_model())
     trained_share = len(summary.layers) / model.config.num_hidden_layers

@@ -64,3 +64,14 @@ def tiny_run_config(tmp_path: Path, model_dir: Path, n_conversations: int = 40, 
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
     return cfg
+
+
+def offline_env(tmp: Path):
+    """A MonkeyPatch (undo it when done) with an empty TUNEKIT_HOME and no network sources,
+    for module-scoped fixtures, which cannot use the function-scoped `monkeypatch`."""
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNEKIT_HOME", str(tmp / "home"))
+    mp.setenv("TUNEKIT_OFFLINE", "1")
+    return mp

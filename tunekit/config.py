@@ -8,6 +8,7 @@ resolved config, every default written out, is saved as `runs/<name>/config.yaml
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,8 +57,6 @@ class MethodConfig(_Section):
     def _layers_spec(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        import re
-
         if not re.fullmatch(r"last:\d+|\d+-\d+", v.strip()):
             raise ValueError('must be "last:K" or a range "A-B", e.g. "last:12" or "10-29"')
         return v.strip()
@@ -103,7 +102,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
-        if self.method.kind == "full" and self.method.layers is None and self.method.target_modules != "all-linear":
+        if self.method.kind == "full" and self.method.target_modules != "all-linear":
             raise ValueError("method.target_modules applies to lora only; for full use method.layers")
         return self
 
@@ -136,7 +135,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-_FLOAT = __import__("re").compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -13,7 +13,7 @@ from tunekit import pipeline
 from tunekit.config import Config
 from tunekit.data.template import prompt_ids
 from tunekit.errors import ConfigError
-from tunekit.export.basic import final_checkpoint
+from tunekit.train.checkpoint import final_checkpoint
 from tunekit.models.loading import load_model, load_tokenizer
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_run_config
+from helpers import offline_env, tiny_run_config
 from tunekit import pipeline
 from tunekit.config import Config
 from tunekit.models.loading import load_model
@@ -35,9 +35,7 @@ def _train(cfg, run_dir):
 def straight(tiny_model_dir, tmp_path_factory):
     """An uninterrupted run; the in-memory training model is captured for the logits check."""
     tmp = tmp_path_factory.mktemp("straight")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TUNEKIT_HOME", str(tmp / "home"))
-    mp.setenv("TUNEKIT_OFFLINE", "1")
+    mp = offline_env(tmp)
     captured = {}
     real = loop.apply_method
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tunekit.data.template import IGNORE, Tokenized
+from tunekit.data.records import load_records
+from tunekit.data.template import IGNORE, Tokenized, tokenize_chat
+from tunekit.errors import DataError
 
 BUCKET = 50
 
@@ -28,6 +30,15 @@ class Batch:
     @property
     def supervised(self) -> int:
         return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+def load_examples(path, tokenizer) -> list[Tokenized]:
+    """Tokenise a file the prepare stage wrote; any invalid line means it was edited since."""
+    records, rejects = load_records(path)
+    if rejects:
+        raise DataError(f"{path} was changed after the prepare stage ({rejects[0].reason} at line {rejects[0].line}); "
+                        "rerun prepare with --force")
+    return [tokenize_chat(tokenizer, r.messages) for r in records]
 
 
 def epoch_batches(examples: list[Tokenized], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -13,13 +13,13 @@ from pathlib import Path
 from tunekit import atomic
 from tunekit.config import Config
 from tunekit.data.records import load_records
-from tunekit.data.template import tokenize_chat
+from tunekit.data.batches import load_examples
 from tunekit.eval.fewshot import ShotIndex, few_shot_messages
 from tunekit.eval.generate import greedy_answers
 from tunekit.eval.metrics import accuracy, paired_bootstrap, states_facts
-from tunekit.errors import CheckpointError
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import console
+from tunekit.train.checkpoint import final_checkpoint
 from tunekit.train.loop import evaluate_loss
 
 LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "fine-tuned"}
@@ -27,10 +27,7 @@ LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "
 
 def load_tuned(cfg: Config, run_dir: Path, base_model):
     """The trained model from the run's final checkpoint, adapters merged for speed."""
-    state_path = run_dir / "train_state.json"
-    if not state_path.is_file():
-        raise CheckpointError(f"no finished training in {run_dir}; run `tunekit train` first")
-    ckpt = run_dir / json.loads(state_path.read_text())["final_checkpoint"]
+    ckpt = final_checkpoint(run_dir)
     if (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -38,17 +35,12 @@ def load_tuned(cfg: Config, run_dir: Path, base_model):
     return load_model(ckpt, cfg.model.dtype)
 
 
-def _examples(path: Path, tokenizer):
-    records, _ = load_records(path)
-    return records, [tokenize_chat(tokenizer, r.messages) for r in records]
-
-
 def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     """Run the eval stage; returns scores (also written to eval/scores.json)."""
     set_threads(cfg.train.threads)
     data = run_dir / "data"
     train_records, _ = load_records(data / "train.jsonl")
-    _, valid_ex = _examples(data / "valid.jsonl", tokenizer)
+    valid_ex = load_examples(data / "valid.jsonl", tokenizer)
     items = []
     if (data / "eval.jsonl").is_file():
         items, _ = load_records(data / "eval.jsonl", need_assistant=False)

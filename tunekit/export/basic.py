@@ -7,7 +7,6 @@ the adapter model's on a probe conversation, and says the largest difference.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -16,16 +15,10 @@ import torch
 from tunekit import atomic
 from tunekit.errors import CheckpointError
 from tunekit.progress import console
+from tunekit.train.checkpoint import final_checkpoint
 
 MERGE_TOLERANCE = 1e-3
 _PROBE = [{"role": "user", "content": "Hello! Can you help me with my account?"}]
-
-
-def final_checkpoint(run_dir: Path) -> Path:
-    state = run_dir / "train_state.json"
-    if not state.is_file():
-        raise CheckpointError(f"no finished training in {run_dir}; run `tunekit train` first")
-    return run_dir / json.loads(state.read_text())["final_checkpoint"]
 
 
 def export_adapter(run_dir: Path, out: Path) -> Path:

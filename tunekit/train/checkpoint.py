@@ -33,6 +33,14 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def final_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a finished train stage recorded in train_state.json."""
+    state = run_dir / "train_state.json"
+    if not state.is_file():
+        raise CheckpointError(f"no finished training in {run_dir}; run `tunekit train` first")
+    return run_dir / json.loads(state.read_text())["final_checkpoint"]
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 

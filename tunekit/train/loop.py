@@ -12,17 +12,16 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tunekit import atomic
 from tunekit.config import Config
-from tunekit.data.batches import collate, epoch_batches
-from tunekit.data.records import load_records
-from tunekit.data.template import tokenize_chat
-from tunekit.errors import CheckpointError, TunekitError
+from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
+from tunekit.data.template import Tokenized
+from tunekit.errors import TunekitError
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import Bar, console
 from tunekit.train import checkpoint
@@ -37,35 +36,56 @@ class TrainingDiverged(TunekitError):
 
 @dataclass
 class Plan:
+    """How many steps a run takes, and which examples each micro-batch holds."""
+
+    examples: list[Tokenized]
+    batch_size: int
+    seed: int
     batches_per_epoch: int
     total_steps: int
     grad_accum: int
+    _epoch: int = field(default=-1, repr=False)
+    _order: list[list[int]] = field(default_factory=list, repr=False)
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """Index lists of the micro-batches of optimiser step `step` (0-based); pure in (seed, step)."""
+        out = []
+        for m in range(step * self.grad_accum, (step + 1) * self.grad_accum):
+            epoch, i = divmod(m, self.batches_per_epoch)
+            if epoch != self._epoch:  # one shuffle per epoch, not per micro-batch
+                self._epoch, self._order = epoch, epoch_batches(self.examples, self.batch_size, self.seed, epoch)
+            out.append(self._order[i])
+        return out
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _tokenize(path: Path, tokenizer):
-    records, rejects = load_records(path)
-    if rejects:
-        raise CheckpointError(f"{path} was changed after the prepare stage ({rejects[0].reason} at line {rejects[0].line}); rerun prepare with --force")
-    return [tokenize_chat(tokenizer, r.messages) for r in records]
-
-
-def make_plan(cfg: Config, n_examples: int) -> Plan:
-    bpe = math.ceil(n_examples / cfg.train.batch_size)
+def make_plan(cfg: Config, examples: list[Tokenized]) -> Plan:
+    bpe = math.ceil(len(examples) / cfg.train.batch_size)
     steps = max(1, math.ceil(cfg.train.epochs * bpe / cfg.train.grad_accum))
-    return Plan(bpe, steps, cfg.train.grad_accum)
+    return Plan(examples, cfg.train.batch_size, cfg.seed, bpe, steps, cfg.train.grad_accum)
 
 
-def micro_batches(plan: Plan, examples, cfg: Config, step: int) -> list[list[int]]:
-    """Index lists of the micro-batches of optimiser step `step` (0-based); pure in (seed, step)."""
-    out = []
-    for m in range(step * plan.grad_accum, (step + 1) * plan.grad_accum):
-        epoch, i = divmod(m, plan.batches_per_epoch)
-        out.append(epoch_batches(examples, cfg.train.batch_size, cfg.seed, epoch)[i])
-    return out
+def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
+    """One optimiser step over micro-batches; returns (loss per supervised token, grad norm).
+
+    Each micro-batch's loss sum is divided by the supervised tokens of the whole step,
+    so the accumulated gradient is that of one batch holding them all.
+    """
+    n_sup = max(sum(b.supervised for b in batches), 1)
+    step_loss = 0.0
+    for b in batches:
+        loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels)
+        (loss_sum / n_sup).backward()
+        step_loss += float(loss_sum.detach())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    if math.isfinite(step_loss):
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss / n_sup, grad_norm
 
 
 @torch.no_grad()
@@ -87,13 +107,13 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    train_ex = _tokenize(run_dir / "data" / "train.jsonl", tokenizer)
-    valid_ex = _tokenize(run_dir / "data" / "valid.jsonl", tokenizer)
+    train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer)
+    valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer)
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
     console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    plan = make_plan(cfg, len(train_ex))
+    plan = make_plan(cfg, train_ex)
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind == "lora" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
     ckpt_root = run_dir / "checkpoints"
@@ -107,24 +127,14 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
         if start:
             bar.update(start)
         for step in range(start, plan.total_steps):
-            batches = [collate(train_ex, idx, pad) for idx in micro_batches(plan, train_ex, cfg, step)]
-            n_sup = sum(b.supervised for b in batches)
-            step_loss = 0.0
-            for b in batches:
-                loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels)
-                (loss_sum / max(n_sup, 1)).backward()
-                step_loss += float(loss_sum.detach())
-                tokens_seen += b.tokens
-            last_loss = step_loss / max(n_sup, 1)
+            batches = [collate(train_ex, idx, pad) for idx in plan.micro_batches(step)]
+            last_loss, grad_norm = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm)
+            tokens_seen += sum(b.tokens for b in batches)
             if not math.isfinite(last_loss):
                 raise TrainingDiverged(
                     f"loss became {last_loss} at step {step + 1}; the last good checkpoint is kept in {ckpt_root}. "
                     "Lower train.lr or check the data for broken records."
                 )
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             done = step + 1
             rate = (tokens_seen - tokens_at_start) / max(time.time() - t0, 1e-9)
             if done % cfg.train.log_every == 0 or done == plan.total_steps:
@@ -163,8 +173,7 @@ def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, resume: bool, co
     if not found or not resume:
         return 0, 0
     step, path = found[-1]
-    state = json.loads((path / "state.json").read_text())
-    if config_hash and state.get("config_hash") not in ("", config_hash):
+    if config_hash and json.loads((path / "state.json").read_text()).get("config_hash") not in ("", config_hash):
         # Checkpoints of another config cannot be continued; keeping them would mix two runs.
         console.print(f"checkpoints in {ckpt_root} come from a different config; starting training over")
         shutil.rmtree(ckpt_root, ignore_errors=True)
