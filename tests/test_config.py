@@ -93,7 +93,7 @@ def _all_fields(model_cls, prefix=""):
 
 def _flatten(d, prefix=""):
     for k, v in d.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:  # an empty mapping (data.columns) is a value
             yield from _flatten(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}"

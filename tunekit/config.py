@@ -28,17 +28,54 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
+
+COLUMN_KEYS = ("messages", "conversations", "role", "content", "prompt", "completion",
+               "instruction", "input", "output", "system", "text")
+
+
 class DataConfig(_Section):
     train: str
-    """Training conversations (OpenAI chat JSONL: {"messages": [...]})."""
+    """Training data: a file (JSONL, JSON, CSV, Parquet, .txt/.md) or a folder (.txt/.md files, or `save_to_disk`)."""
     eval: str | None = None
     """Held-out questions for generation metrics (optional)."""
+    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"] = "auto"
+    """Record format; "auto" detects it from the fields of the records."""
+    columns: dict[str, str] = {}
+    """Your column name for a standard field, e.g. {prompt: question, completion: answer}."""
     valid_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     max_length: int = Field(512, gt=8)
+    over_length: Literal["drop", "truncate_history"] = "drop"
+    """A conversation longer than max_length is dropped, or loses its oldest exchanges until it fits."""
+    chunk_overlap: int = Field(64, ge=0)
+    """Plain-text documents are cut into max_length-token chunks sharing this many tokens of context."""
     dedup: bool = True
     near_dup_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    split_similarity: float = Field(0.7, gt=0.0, le=1.0)
+    """Records at least this similar (estimated Jaccard) stay on the same side of the train/valid split."""
+    mask_pii: list[Literal["email", "phone", "card"]] = []
+    """Replace these in every text with [EMAIL], [PHONE], [CARD]."""
+    train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
+    """Which tokens carry loss: every assistant answer, the last one only, or every token."""
+    packing: bool = False
+    """Pack each micro-batch's examples into rows without padding, isolated from each other."""
     max_reject_fraction: float = Field(0.10, ge=0.0, le=1.0)
     """Stop before training when more than this share of records is rejected."""
+
+    @field_validator("columns")
+    @classmethod
+    def _column_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if k not in COLUMN_KEYS:
+                close = difflib.get_close_matches(k, COLUMN_KEYS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown standard field '{k}'{hint}; map one of {', '.join(COLUMN_KEYS)} to your column name")
+        return v
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "DataConfig":
+        if self.chunk_overlap >= self.max_length // 2:
+            raise ValueError(f"data.chunk_overlap ({self.chunk_overlap}) must be below half of data.max_length ({self.max_length})")
+        return self
 
 
 class MethodConfig(_Section):
