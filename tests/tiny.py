@@ -61,3 +61,20 @@ def save_tiny(path: Path, layers: int = 2) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def template_tokenizer(template: str, special: list[str], *, bos: str | None, eos: str, add_bos: bool = False):
+    """The tiny tokenizer dressed as another model family: its special tokens, BOS/EOS and
+    chat template; with `add_bos`, BOS goes before every text encoded with special tokens,
+    as Llama 3's tokenizer does."""
+    from tokenizers import processors
+
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": special})
+    tok.bos_token, tok.eos_token, tok.pad_token = bos, eos, eos
+    if add_bos:
+        bos_id = tok.convert_tokens_to_ids(bos)
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    tok.chat_template = template
+    return tok

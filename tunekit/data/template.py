@@ -1,20 +1,35 @@
 """Chat template and loss mask.
 
 The conversation is rendered with the model's own chat template. Which tokens carry
-loss is found by rendering, not by searching for marker strings: for every assistant
+loss is found by rendering, not by searching for marker strings: for an assistant
 turn i, render(messages[:i], add_generation_prompt=True) is the text before the
 answer and render(messages[:i+1]) the text through its end-of-turn token, so the span
 between them is exactly what the model must learn to write, including the token that
 tells it to stop. This works for templates without `{% generation %}` blocks.
+
+What carries loss (`train_on`):
+  all_assistant   every assistant answer and its end-of-turn token (the default)
+  last_assistant  only the final assistant answer; earlier ones are context
+  all             every token of the rendered conversation, inputs too
+An assistant message with OpenAI's `"weight": 0` never carries loss, in any mode: the
+user marked that answer as one not to learn from, yet it stays in the context.
+
+BOS: the rendered text is encoded without the tokenizer's own special tokens, because
+templates such as Llama 3's write BOS themselves and the tokenizer would add a second.
+Where the tokenizer normally adds a BOS and the template did not write one, it is put
+back, so every sequence starts the way the model saw text in pre-training.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from tunekit.errors import DataError
 
 IGNORE = -100
+TRAIN_ON = ("all_assistant", "last_assistant", "all")
 
 
 @dataclass
@@ -22,54 +37,98 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     """Same length as input_ids; IGNORE where no loss is taken."""
+    turns: int = 0
+    """Assistant turns whose answers carry loss."""
 
     @property
     def supervised(self) -> int:
+        """Tokens that carry loss."""
         return sum(1 for t in self.labels if t != IGNORE)
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation as text, written by the model's own chat template."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:
+        raise DataError(f"the model's chat template failed on a conversation: {e}") from None
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Full rendered text and the character spans of each assistant answer + end-of-turn."""
+def missing_bos(tokenizer, ids: list[int]) -> int | None:
+    """The BOS id to put before `ids`: set when the tokenizer adds a BOS to text it
+    encodes normally and `ids` (encoded without special tokens) do not start with it."""
+    bos = tokenizer.bos_token_id
+    if bos is None or ids[:1] == [bos]:
+        return None
+    # Many tokenizers name a BOS they never add (SmolLM2's is <|im_start|>); only what
+    # encoding actually produces tells whether the model expects one in front.
+    return bos if tokenizer("x")["input_ids"][:1] == [bos] else None
+
+
+def check_train_on(train_on: str) -> None:
+    """Raise DataError unless `train_on` names a known loss scope."""
+    if train_on not in TRAIN_ON:
+        raise DataError(f"unknown train_on {train_on!r} (config key data.train_on); "
+                        f"use one of {', '.join(TRAIN_ON)}")
+
+
+def _weight(messages: list[dict], i: int) -> int:
+    w = messages[i].get("weight", 1)
+    if w not in (0, 1):
+        raise DataError(f"message {i} has weight {w!r}; an assistant message's weight must be 0 (no loss) or 1")
+    return int(w)
+
+
+def answer_span(tokenizer, messages: list[dict], i: int, full: str) -> tuple[int, int]:
+    """Character span in `full` (the whole rendering) of assistant answer i and its end-of-turn."""
+    before = render(tokenizer, messages[:i], add_generation_prompt=True)
+    through = render(tokenizer, messages[: i + 1])
+    # Loss ends at the end-of-turn token: the newline a template adds after it is
+    # formatting the model never has to produce.
+    end = len(through.rstrip("\n "))
+    if not full.startswith(before) or not full.startswith(through) or end < len(before):
+        raise DataError(
+            "the model's chat template does not render conversations incrementally "
+            "(a prefix of the conversation is not a prefix of its rendering); "
+            "the loss mask cannot be found. Use a model with a standard chat template."
+        )
+    return len(before), end
+
+
+def _turns(messages: list[dict], train_on: str) -> tuple[list[int], list[int]]:
+    """Indices of assistant messages whose answers carry loss, and of those that must not."""
+    weights = {i: _weight(messages, i) for i, m in enumerate(messages) if m.get("role") == "assistant"}
+    assistant = list(weights)[-1:] if train_on == "last_assistant" else list(weights)
+    kept = [i for i in assistant if weights[i] == 1]
+    dropped = [i for i in assistant if weights[i] == 0]
+    return kept, dropped
+
+
+def tokenize_chat(tokenizer, messages: list[dict], train_on: str = "all_assistant") -> Tokenized:
+    """Token ids and labels of one conversation; which tokens carry loss is set by `train_on`."""
+    check_train_on(train_on)
+    kept, dropped = _turns(messages, train_on)
     full = render(tokenizer, messages)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True)
-        through = render(tokenizer, messages[: i + 1])
-        if not full.startswith(before) or not full.startswith(through):
-            raise DataError(
-                "the model's chat template does not render conversations incrementally "
-                "(a prefix of the conversation is not a prefix of its rendering); "
-                "the loss mask cannot be found. Use a model with a standard chat template."
-            )
-        # Loss ends at the end-of-turn token: the newline a template adds after it is
-        # formatting the model never has to produce.
-        end = len(through.rstrip("\n "))
-        spans.append((len(before), end))
-    return full, spans
-
-
-def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized:
-    """Token ids and labels: loss on every assistant answer and its end-of-turn token only."""
-    full, spans = assistant_spans(tokenizer, messages)
-    # The template already writes any BOS; letting the tokenizer add one would double it.
+    # In "all" everything is learnt except answers weighted 0; otherwise only the kept answers.
+    marked = dropped if train_on == "all" else kept
+    spans = [answer_span(tokenizer, messages, i, full) for i in marked]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    bos = missing_bos(tokenizer, ids)
+    if bos is not None:
+        ids, offsets = [bos, *ids], [(0, 0), *offsets]
     labels = [IGNORE] * len(ids)
     for j, (s, e) in enumerate(offsets):
-        if e <= s:
-            continue
-        if any(a <= s < b for a, b in spans):
+        inside = e > s and any(a <= s < b for a, b in spans)
+        if inside != (train_on == "all"):
             labels[j] = ids[j]
-    return Tokenized(ids, labels)
+    return Tokenized(ids, labels, len(kept))
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation ready for the model to write the next assistant turn."""
+    """Token ids of a conversation ready for the model to write the next assistant turn;
+    the same prefix, BOS included, that training put before that turn's answer."""
     text = render(tokenizer, messages, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = missing_bos(tokenizer, ids)
+    return ids if bos is None else [bos, *ids]
