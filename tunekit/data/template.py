@@ -49,9 +49,46 @@ class Tokenized:
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as text, written by the model's own chat template."""
     try:
+        fast = _fast_template(tokenizer)
+        if fast is not None:
+            return fast.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except TemplateError as e:
         raise DataError(f"the model's chat template failed on a conversation: {e}") from None
+
+
+_PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+          {"role": "user", "content": "R"}]
+
+
+def _fast_template(tokenizer):
+    """The compiled chat template, rendered directly, or None to go through transformers.
+
+    `apply_chat_template` spends ~150 us per call on argument handling around a ~60 us
+    render; preparing 100k records renders each at least once. The direct path is used
+    only if it gives the same text as transformers on a probe conversation.
+    """
+    cached = getattr(tokenizer, "_tunekit_template", None)
+    if cached is not None and cached[0] == tokenizer.chat_template:  # the template may be swapped
+        return cached[1]
+    fast = None
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        tpl = _compile_jinja_template(tokenizer.chat_template)
+        same = all(
+            tpl.render(messages=m, add_generation_prompt=g, **tokenizer.special_tokens_map)
+            == tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=g)
+            for m in (_PROBE[:3], _PROBE) for g in (False, True)
+        )
+        fast = tpl if same else None
+    except Exception:  # any surprise: keep the supported path
+        fast = None
+    try:
+        tokenizer._tunekit_template = (tokenizer.chat_template, fast)
+    except AttributeError:
+        pass
+    return fast
 
 
 def missing_bos(tokenizer, ids: list[int]) -> int | None:
