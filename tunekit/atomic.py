@@ -32,22 +32,8 @@ def _umask() -> int:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates files readable by the owner only; give the usual permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with open_write(path, binary=True) as f:
+        f.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -59,10 +45,34 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write one JSON object per line; returns the number of rows."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-    write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+    """Write one JSON object per line, streaming; returns the number of rows."""
+    n = 0
+    with open_write(path) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def open_write(path: str | Path, binary: bool = False) -> Iterator:
+    """A file handle for streaming writes; the file appears at `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates files readable by the owner only; give the usual permissions.
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

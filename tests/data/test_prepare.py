@@ -11,7 +11,7 @@ import pytest
 
 from helpers import EXAMPLE
 from tunekit.config import Config
-from tunekit.data.dedup import find_near_duplicates
+from tunekit.data.dedup import find_near_duplicates, signatures
 from tunekit.data.prepare import prepare
 from tunekit.errors import DataError
 
@@ -133,5 +133,5 @@ def test_near_duplicates_found_and_distinct_texts_kept():
     base = "user: how much does the crest plan cost per seat each month for our team\nassistant: the crest plan costs $43 per seat per month."
     edited = base.replace("for our team", "for our whole team")
     other = "user: where do i rotate an api key?\nassistant: go to settings > security > api keys and click rotate."
-    dup = find_near_duplicates([base, other, edited], threshold=0.85)
+    dup = find_near_duplicates(signatures([base, other, edited]), threshold=0.85)
     assert set(dup) == {2} and dup[2][0] == 0 and dup[2][1] >= 0.85

@@ -113,12 +113,13 @@ def test_no_valid_record_lost(tmp_path):
     assert sorted(r.extra["i"] for r in records) == [i for i in range(200) if i % 7 != 3]
 
 
-def test_held_out_items_need_a_final_user_turn(tmp_path):
+def test_held_out_items_end_with_the_question_and_a_given_answer_becomes_the_reference(tmp_path):
     p = tmp_path / "h.jsonl"
-    p.write_text(json.dumps({"messages": [U("q")]}) + "\n" + json.dumps({"messages": [U("q"), A("a")]}) + "\n")
+    rows = [{"messages": [U("q")]}, {"messages": [U("q2"), A("a2")]}, {"messages": [A("a")]}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     records, rejects = load_records(p, need_assistant=False)
-    assert [r.line for r in records] == [1]
-    assert [(r.line, r.reason) for r in rejects] == [(2, "bad_turn_order")]
+    assert [(r.line, r.messages[-1]["content"], r.extra.get("reference")) for r in records] == [(1, "q", None), (2, "q2", "a2")]
+    assert [(r.line, r.reason) for r in rejects] == [(3, "bad_turn_order")]
 
 
 def test_missing_file_is_a_data_error(tmp_path):

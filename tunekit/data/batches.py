@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tunekit.data.records import load_records
+from tunekit.data.documents import tokenize_text
+from tunekit.data.records import Record, load_records
 from tunekit.data.template import IGNORE, Tokenized, tokenize_chat
 from tunekit.errors import DataError
 
@@ -23,22 +24,31 @@ BUCKET = 50
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T) 0/1 padding mask, or (B, 1, T, T) bool block mask when packed
     labels: torch.Tensor  # (B, T), IGNORE where no loss
     tokens: int  # real (unpadded) tokens
+    position_ids: torch.Tensor | None = None  # (B, T) when packed (restarting per example); else the model's default
 
     @property
     def supervised(self) -> int:
         return int((self.labels[:, 1:] != IGNORE).sum())
 
 
-def load_examples(path, tokenizer) -> list[Tokenized]:
+def load_examples(path, tokenizer, train_on: str = "all_assistant") -> list[Tokenized]:
     """Tokenise a file the prepare stage wrote; any invalid line means it was edited since."""
     records, rejects = load_records(path)
     if rejects:
         raise DataError(f"{path} was changed after the prepare stage ({rejects[0].reason} at line {rejects[0].line}); "
                         "rerun prepare with --force")
-    return [tokenize_chat(tokenizer, r.messages) for r in records]
+    return [to_example(tokenizer, r, train_on) for r in records]
+
+
+def to_example(tokenizer, record: Record, train_on: str = "all_assistant") -> Tokenized:
+    """Ids and labels of a prepared record: a conversation, or a window of a document."""
+    if record.text is None:
+        return tokenize_chat(tokenizer, record.messages, train_on)
+    x = record.extra
+    return tokenize_text(tokenizer, record.text, x.get("context", ""), x.get("doc_start", True), x.get("doc_end", True))
 
 
 def epoch_batches(examples: list[Tokenized], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

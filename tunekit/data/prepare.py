@@ -1,121 +1,208 @@
-"""The prepare stage: raw chat JSONL -> validated, cleaned, deduplicated, split records.
+"""The prepare stage: raw data -> validated, cleaned, deduplicated, split records.
 
-Writes into `<run>/data/`: train.jsonl, valid.jsonl, eval.jsonl (held-out questions,
-when configured), rejects.jsonl (every dropped line with its reason and line number)
-and data_report.json (every count). Raises DataError before training when the share
-of rejected records exceeds `data.max_reject_fraction`, so bad data never trains
-silently.
+Writes into `<run>/data/`: train.jsonl, valid.jsonl, eval.jsonl (held-out questions, when
+configured), rejects.jsonl (every dropped row with its file, line, reason and what to fix)
+and data_report.json (every count). Raises DataError before training when the share of
+invalid records exceeds `data.max_reject_fraction`, so bad data never trains silently.
+
+It streams: pass 1 reads, validates, cleans, drops exact duplicates, measures tokens and
+computes MinHash signatures batch by batch, spooling kept records to disk; only small
+per-record facts (line, tokens, signature) stay in memory. Pass 2 finds near duplicates
+and similarity groups on the signatures, splits, and copies the spool to train/valid.
 """
 
 from __future__ import annotations
 
-import random
+import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from tunekit import atomic
 from tunekit.config import Config
-from tunekit.data.dedup import conversation_key, exact_hash, find_near_duplicates
-from tunekit.data.records import Record, Reject, load_records
-from tunekit.data.template import tokenize_chat
+from tunekit.data import dedup
+from tunekit.data.documents import chunk_document, special_ids
+from tunekit.data.records import DUPLICATE_REASONS, Cleaner, Record, Reject, iter_records, load_records
+from tunekit.data.split import split_groups
+from tunekit.data.template import render
 from tunekit.errors import DataError
 
-
-def _dedup(records: list[Record], cfg: Config) -> tuple[list[Record], list[Reject]]:
-    kept, rejects, first = [], [], {}
-    for r in records:
-        h = exact_hash(r.messages)
-        if h in first:
-            rejects.append(Reject(r.line, r.source, "exact_duplicate", f"same conversation as line {first[h]}", {"messages": r.messages}))
-        else:
-            first[h] = r.line
-            kept.append(r)
-    if cfg.data.near_dup_threshold < 1.0:
-        near = find_near_duplicates([conversation_key(r.messages) for r in kept], cfg.data.near_dup_threshold, cfg.seed)
-        for i, (j, sim) in sorted(near.items()):
-            r = kept[i]
-            detail = f"near duplicate of line {kept[j].line} (estimated Jaccard {sim:.2f} >= {cfg.data.near_dup_threshold})"
-            rejects.append(Reject(r.line, r.source, "near_duplicate", detail, {"messages": r.messages}))
-        # An exact duplicate of a record later dropped as a near duplicate should name
-        # the record that stayed, not only one that is gone too.
-        gone = {kept[i].line: kept[j].line for i, (j, _) in near.items()}
-        for r in rejects:
-            first_line = first.get(exact_hash(r.raw["messages"])) if r.reason == "exact_duplicate" else None
-            if first_line in gone:
-                r.detail += f" (itself a near duplicate of line {gone[first_line]}, which is kept)"
-        kept = [r for i, r in enumerate(kept) if i not in near]
-    return kept, rejects
+BATCH = 2048
+CHARS_PER_TOKEN_MAX = 32
+"""A text this many characters per token of max_length is over-long without tokenising it
+(tokens of real text average 3-5 characters), so a 50 MB line costs no tokeniser time."""
 
 
-def _length_filter(records: list[Record], tokenizer, max_length: int) -> tuple[list[Record], list[Reject], list[int]]:
-    kept, rejects, lengths = [], [], []
-    for r in records:
-        n = len(tokenize_chat(tokenizer, r.messages).input_ids)
-        if n > max_length:
-            detail = f"{n} tokens > data.max_length {max_length}; shorten it or raise data.max_length"
-            rejects.append(Reject(r.line, r.source, "over_long", detail, {"messages": r.messages}))
-        else:
-            kept.append(r)
-            lengths.append(n)
-    return kept, rejects, lengths
+@dataclass
+class Kept:
+    """What pass 2 needs of each kept unit (a conversation, or a whole document)."""
+
+    lines: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    sigs: list[np.ndarray] = field(default_factory=list)
+    row_tokens: list[int] = field(default_factory=list)
 
 
-def _split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_valid = round(len(records) * fraction) if fraction > 0 else 0
-    if fraction > 0 and len(records) >= 20:
-        n_valid = max(n_valid, 1)
-    valid_idx = set(order[:n_valid])
-    train = [r for i, r in enumerate(records) if i not in valid_idx]
-    valid = [r for i, r in enumerate(records) if i in valid_idx]
-    return train, valid
+class _Pass1:
+    def __init__(self, cfg: Config, tokenizer, spool, rejects):
+        self.cfg, self.tok, self.spool, self.rejects = cfg, tokenizer, spool, rejects
+        self.kept = Kept()
+        self.reasons: Counter = Counter()
+        self.actions: Counter = Counter()
+        self.first: dict[str, tuple[str, int]] = {}
+        self.dups: list[tuple[Reject, tuple[str, int]]] = []
+        self.bos = special_ids(tokenizer)[0] is not None
+        self.documents = self.chunks = 0
+
+    def reject(self, r: Reject) -> None:
+        self.reasons[r.reason] += 1
+        self.rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+
+    def add(self, rec: Record, pending: list[Record]) -> None:
+        if self.cfg.data.dedup:
+            h = dedup.exact_hash(rec.messages if rec.text is None else [{"role": "document", "content": rec.text}])
+            if h in self.first:
+                src, line = self.first[h]
+                where = f"line {line}" if src == rec.source else f"{src} line {line}"
+                dup = Reject(rec.line, rec.source, "exact_duplicate", f"same as {where} after normalising case and spaces", rec.row())
+                self.reasons["exact_duplicate"] += 1
+                self.dups.append((dup, (src, line)))  # written in pass 2, when we know if the original stayed
+                return
+            self.first[h] = (rec.source, rec.line)
+        pending.append(rec)
+
+    def flush(self, pending: list[Record]) -> None:
+        """Measure, filter by length, sign and spool a batch of records."""
+        units: list[tuple[Record, list[dict], list[int]]] = []
+        chats = [r for r in pending if r.text is None]
+        for rec, n in zip(chats, self._lengths(chats)):
+            rec, n = self._fit(rec, n)
+            if rec is not None:
+                units.append((rec, [rec.row()], [n]))
+        for rec in (r for r in pending if r.text is not None):
+            rows = chunk_document(self.tok, rec.text, self.cfg.data.max_length, self.cfg.data.chunk_overlap)
+            lengths = [len(self.tok(r["context"] + r["text"], add_special_tokens=False)["input_ids"]) + 2 for r in rows]
+            self.documents += 1
+            self.chunks += len(rows)
+            units.append((rec, [{**rec.extra, **r} for r in rows], lengths))
+        if not units:
+            return
+        units.sort(key=lambda u: (u[0].source, u[0].line))  # keep file order in the spool
+        keys = [dedup.conversation_key(r.messages) if r.text is None else r.text for r, _, _ in units]
+        self.kept.sigs.append(dedup.signatures(keys, self.cfg.seed))
+        for rec, rows, lengths in units:
+            u = len(self.kept.lines)
+            self.kept.lines.append(rec.line)
+            self.kept.sources.append(rec.source)
+            self.kept.tokens.append(sum(lengths))
+            self.kept.row_tokens.extend(lengths)
+            for row in rows:
+                self.spool.write(json.dumps({"u": u, "row": row}, ensure_ascii=False) + "\n")
+
+    def _lengths(self, chats: list[Record]) -> list[int | None]:
+        limit = self.cfg.data.max_length * CHARS_PER_TOKEN_MAX
+        texts = [render(self.tok, r.messages) for r in chats]
+        short = [i for i, t in enumerate(texts) if len(t) <= limit]
+        out: list[int | None] = [None] * len(chats)
+        for i, n in zip(short, token_counts(self.tok, [texts[i] for i in short])):
+            out[i] = n + self.bos
+        return out
+
+    def _fit(self, rec: Record, n: int | None) -> tuple[Record | None, int]:
+        """Apply data.over_length to a conversation of n tokens (None: far too long)."""
+        limit = self.cfg.data.max_length
+        if n is not None and n <= limit:
+            return rec, n
+        if self.cfg.data.over_length == "truncate_history":
+            msgs, dropped = list(rec.messages), 0
+            head = 1 if msgs[0]["role"] == "system" else 0
+            while n is None or n > limit:
+                if len(msgs) - head <= 2:
+                    break
+                del msgs[head : head + 2]  # the oldest user/assistant exchange
+                dropped += 1
+                text = render(self.tok, msgs)
+                n = token_counts(self.tok, [text])[0] + self.bos if len(text) <= limit * CHARS_PER_TOKEN_MAX else None
+            if n is not None and n <= limit:
+                self.actions["history_truncated"] += 1
+                self.actions["exchanges_dropped"] += dropped
+                return Record(msgs, rec.line, rec.source, rec.extra), n
+        size = f"{n} tokens" if n is not None else f"{sum(len(m['content']) for m in rec.messages)} characters"
+        fix = "shorten it, raise data.max_length" + (", or set data.over_length: truncate_history" if self.cfg.data.over_length == "drop" else "")
+        self.reject(Reject(rec.line, rec.source, "over_long", f"{size} > data.max_length {limit} even after dropping older turns" if self.cfg.data.over_length != "drop" else f"{size} > data.max_length {limit}; {fix}", rec.row()))
+        return None, 0
 
 
-def _row(r: Record) -> dict:
-    return {**r.extra, "messages": r.messages}
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Token count of each text, batched on the Rust tokenizer (both cores, no id lists)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _percentiles(values: list[int]) -> dict:
     if not values:
         return {}
-    s = sorted(values)
-    pick = lambda q: s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]  # noqa: E731
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1], "mean": round(sum(s) / len(s), 1)}
+    s = np.sort(np.asarray(values))
+    pick = lambda q: int(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))])  # noqa: E731
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": int(s[-1]), "mean": round(float(s.mean()), 1)}
 
 
 def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
     """Run the prepare stage; returns the data report (also written to data_report.json)."""
     data_dir = Path(data_dir)
-    records, rejects = load_records(cfg.data.train)
-    total = len(records) + len(rejects)
-    if total == 0:
-        raise DataError(f"{cfg.data.train} contains no records; expected one JSON object per line with 'messages'")
-    if cfg.data.dedup:
-        records, dup_rejects = _dedup(records, cfg)
-        rejects += dup_rejects
-    records, long_rejects, lengths = _length_filter(records, tokenizer, cfg.data.max_length)
-    rejects += long_rejects
-    train, valid = _split(records, cfg.data.valid_fraction, cfg.seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    clean = Cleaner(tuple(cfg.data.mask_pii))
+    notes: list[str] = []
+    formats: Counter = Counter()
+    spool_path = data_dir / ".spool.jsonl"
+    try:
+        with atomic.open_write(data_dir / "rejects.jsonl") as rej, open(spool_path, "w", encoding="utf-8") as spool:
+            p1 = _Pass1(cfg, tokenizer, spool, rej)
+            total, pending = 0, []
+            for item in iter_records(cfg.data.train, cfg.data.format, cfg.data.columns, clean, notes, formats):
+                total += 1
+                if isinstance(item, Reject):
+                    p1.reject(item)
+                    continue
+                p1.add(item, pending)
+                if len(pending) >= BATCH:
+                    p1.flush(pending)
+                    pending = []
+            p1.flush(pending)
+            if total == 0:
+                raise DataError(f"{cfg.data.train} contains no records")
+            spool.close()
+            report = _pass2(cfg, data_dir, p1, spool_path)
+    finally:
+        spool_path.unlink(missing_ok=True)
 
-    invalid = sum(1 for r in rejects if r.reason not in ("exact_duplicate", "near_duplicate"))
-    reasons = Counter(r.reason for r in rejects)
+    invalid = sum(n for r, n in p1.reasons.items() if r not in DUPLICATE_REASONS)
     report = {
         "source": cfg.data.train,
+        "formats": dict(formats.most_common()),
+        "notes": notes,
         "lines_read": total,
-        "kept": len(records),
-        "train": len(train),
-        "valid": len(valid),
-        "rejected": len(rejects),
+        "kept": report.pop("kept"),
+        **report,
+        "rejected": sum(p1.reasons.values()),
         "rejected_invalid": invalid,
-        "rejects_by_reason": dict(sorted(reasons.items())),
-        "tokens": {"per_record": _percentiles(lengths), "total": sum(lengths)},
+        "rejects_by_reason": dict(sorted(p1.reasons.items())),
+        "cleaning": dict(sorted((clean.counts + p1.actions).items())),
+        "tokens": {"per_row": _percentiles(p1.kept.row_tokens), "total": int(sum(p1.kept.row_tokens))},
     }
-    atomic.write_jsonl(data_dir / "rejects.jsonl", (r.to_json() for r in sorted(rejects, key=lambda r: r.line)))
-    atomic.write_jsonl(data_dir / "train.jsonl", (_row(r) for r in train))
-    atomic.write_jsonl(data_dir / "valid.jsonl", (_row(r) for r in valid))
+    if p1.documents:
+        report["documents"] = {"documents": p1.documents, "chunks": p1.chunks, "overlap_tokens": cfg.data.chunk_overlap}
+    if len([f for f in formats if f != "unreadable"]) > 1:
+        notes.append(f"mixed formats in one dataset: {dict(formats)}; is that intended?")
     if cfg.data.eval:
-        report["eval"] = _prepare_eval(cfg, data_dir, train)
+        report["eval"] = _prepare_eval(cfg, data_dir)
     atomic.write_json(data_dir / "data_report.json", report)
 
     # Duplicates are expected housekeeping; malformed or unusable records mean the data
@@ -125,15 +212,64 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
         raise DataError(
             f"{invalid} of {total} records ({share:.0%}) in {cfg.data.train} were rejected as invalid, "
             f"more than data.max_reject_fraction={cfg.data.max_reject_fraction:.0%}. "
-            f"Reasons: {dict(reasons)}. See {data_dir / 'rejects.jsonl'} for each line and why; "
+            f"Reasons: {dict(p1.reasons)}. See {data_dir / 'rejects.jsonl'} for each line and why; "
             "fix the data or raise data.max_reject_fraction."
         )
-    if not train:
+    if not report["train"]:
         raise DataError(f"no training records left after preparation of {cfg.data.train}; see {data_dir / 'rejects.jsonl'}")
     return report
 
 
-def _prepare_eval(cfg: Config, data_dir: Path, train: list[Record]) -> dict:
+def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
+    kept = p1.kept
+    n = len(kept.lines)
+    sigs = np.concatenate(kept.sigs) if kept.sigs else np.zeros((0, dedup.NUM_PERM), dtype=np.uint64)
+    near = dedup.find_near_duplicates(sigs, cfg.data.near_dup_threshold) if cfg.data.dedup and cfg.data.near_dup_threshold < 1 else {}
+    alive = np.ones(n, dtype=bool)
+    gone: dict[tuple[str, int], int] = {}
+    near_rejects: dict[int, Reject] = {}
+    for i, (j, sim) in sorted(near.items()):
+        alive[i] = False
+        gone[(kept.sources[i], kept.lines[i])] = kept.lines[j]
+        detail = f"near duplicate of line {kept.lines[j]} (estimated Jaccard {sim:.2f} >= data.near_dup_threshold {cfg.data.near_dup_threshold})"
+        near_rejects[i] = Reject(kept.lines[i], kept.sources[i], "near_duplicate", detail, None)
+    p1.reasons["near_duplicate"] += len(near_rejects)
+    for dup, original in p1.dups:
+        if original in gone:
+            dup.detail += f" (itself a near duplicate of line {gone[original]}, which is kept)"
+        p1.rejects.write(json.dumps(dup.to_json(), ensure_ascii=False) + "\n")
+
+    idx = np.flatnonzero(alive)
+    groups = np.full(n, -1, dtype=np.int64)
+    groups[idx] = dedup.similar_groups(sigs[idx], cfg.data.split_similarity) if len(idx) else []
+    valid_sub, split_stats = split_groups(groups[idx], cfg.data.valid_fraction, cfg.seed)
+    valid = np.zeros(n, dtype=bool)
+    valid[idx] = valid_sub
+
+    counts = {"train": 0, "valid": 0}
+    with atomic.open_write(data_dir / "train.jsonl") as tr, atomic.open_write(data_dir / "valid.jsonl") as va, \
+            open(spool_path, encoding="utf-8") as spool:
+        for line in spool:
+            item = json.loads(line)
+            u = item["u"]
+            if u in near_rejects:  # rejects.jsonl keeps the record itself, read back from the spool
+                near_rejects[u].raw = item["row"]
+                continue
+            side = "valid" if valid[u] else "train"
+            (va if valid[u] else tr).write(json.dumps(item["row"], ensure_ascii=False) + "\n")
+            counts[side] += 1
+    for r in near_rejects.values():
+        p1.rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+    return {
+        "kept": int(alive.sum()),
+        "train": counts["train"],
+        "valid": counts["valid"],
+        "dedup": {"exact_duplicates": len(p1.dups), "near_duplicates": len(near_rejects), "near_dup_threshold": cfg.data.near_dup_threshold},
+        "split": {"similarity": cfg.data.split_similarity, **split_stats},
+    }
+
+
+def _prepare_eval(cfg: Config, data_dir: Path) -> dict:
     items, rejects = load_records(cfg.data.eval, need_assistant=False)
     if rejects:
         first = rejects[0]
@@ -142,7 +278,12 @@ def _prepare_eval(cfg: Config, data_dir: Path, train: list[Record]) -> dict:
             f"{first.reason}: {first.detail}"
         )
     # A held-out question that also sits in the training data measures memory, not learning.
-    train_turns = {" ".join(m["content"].casefold().split()) for r in train for m in r.messages if m["role"] == "user"}
+    train_turns = set()
+    with open(data_dir / "train.jsonl", encoding="utf-8") as f:
+        for line in f:
+            for m in json.loads(line).get("messages", []):
+                if m["role"] == "user":
+                    train_turns.add(" ".join(m["content"].casefold().split()))
     leaked = [it.line for it in items if " ".join(it.messages[-1]["content"].casefold().split()) in train_turns]
-    atomic.write_jsonl(data_dir / "eval.jsonl", (_row(it) for it in items))
+    atomic.write_jsonl(data_dir / "eval.jsonl", (it.row() for it in items))
     return {"source": cfg.data.eval, "items": len(items), "leaked_into_train": len(leaked), "leaked_lines": leaked[:20]}

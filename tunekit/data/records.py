@@ -1,25 +1,30 @@
-"""Read chat records from JSONL and validate them, one reason code per rejected line.
+"""Raw rows -> validated, cleaned records, one reason code per rejected row.
 
-A record is OpenAI's chat format: {"messages": [{"role": ..., "content": ...}, ...]}.
-Reading never raises on a bad line: the line becomes a Reject with its line number,
-so bad input is counted and kept (rejects.jsonl), never silently lost.
+A Record is a conversation (OpenAI chat messages) or a document (`text`). Reading never
+raises on a bad row: the row becomes a Reject naming its file, line, field and what to
+fix, so bad input is counted and kept (rejects.jsonl), never silently lost.
+
+Cleaning: Unicode NFC, control and zero-width characters removed, CRLF -> LF, trailing
+spaces and runs of blank lines trimmed, optional PII masking. Each change is counted.
 """
 
 from __future__ import annotations
 
 import json
-import unicodedata
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tunekit.errors import DataError
+from tunekit.data.formats import FormatError, to_canonical
+from tunekit.data.sources import RAW_KEEP, Problem, iter_raw
 
 ROLES = ("system", "user", "assistant")
-BAD_ENCODING = object()
-"""Marker read_jsonl yields for a line that is not valid UTF-8."""
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 
 
 @dataclass
@@ -28,7 +33,14 @@ class Record:
     line: int
     source: str
     extra: dict = field(default_factory=dict)
-    """Other top-level keys of the line (ids, labels), carried through untouched."""
+    """Other top-level keys of the row (ids, labels), carried through untouched."""
+    text: str | None = None
+    """A document's text (then `messages` is empty)."""
+
+    def row(self) -> dict:
+        """The canonical JSON row written to train/valid files."""
+        body = {"text": self.text} if self.text is not None else {"messages": self.messages}
+        return {**self.extra, **body}
 
 
 @dataclass
@@ -40,96 +52,128 @@ class Reject:
     raw: object
 
     def to_json(self) -> dict:
-        return {"source": self.source, "line": self.line, "reason": self.reason, "detail": self.detail, "record": self.raw}
+        raw = self.raw
+        if not isinstance(raw, str):
+            text = json.dumps(raw, ensure_ascii=False, default=str)
+            raw = raw if len(text) <= 4 * RAW_KEEP else text[:RAW_KEEP] + "... (truncated)"
+        return {"source": self.source, "line": self.line, "reason": self.reason, "detail": self.detail, "record": raw}
+
+
+@dataclass
+class Cleaner:
+    """Text cleaning with counts of what it changed."""
+
+    mask: tuple[str, ...] = ()
+    counts: Counter = field(default_factory=Counter)
+
+    def __call__(self, text: str) -> str:
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+            self.counts["unicode_nfc"] += 1
+        stripped = _CONTROL.sub("", text)
+        if stripped != text:
+            self.counts["control_chars_removed"] += 1
+        tidy = normalize_whitespace(stripped)
+        if tidy != stripped:
+            self.counts["whitespace_normalized"] += 1
+        if self.mask:
+            from tunekit.data.pii import mask_pii
+
+            tidy, found = mask_pii(tidy, self.mask)
+            for kind, n in found.items():
+                self.counts[f"pii_{kind}_masked"] += n
+        return tidy
+
+
+def normalize_whitespace(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:
+        text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return _BLANK_RUNS.sub("\n\n", text).strip()
 
 
 def normalize_text(text: str) -> str:
     """NFC, no control characters, CRLF -> LF, trailing spaces trimmed per line."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+    return Cleaner()(text)
 
 
-def _check(obj: object) -> tuple[str, str] | None:
-    """Return (reason, detail) when the object is not a usable conversation."""
-    if not isinstance(obj, dict):
-        return "not_an_object", f"expected a JSON object, got {type(obj).__name__}"
-    msgs = obj.get("messages")
-    if msgs is None:
-        return "missing_messages", f"no 'messages' field (keys: {', '.join(sorted(obj)) or 'none'})"
-    if not isinstance(msgs, list) or not msgs:
-        return "wrong_type", "'messages' must be a non-empty list of {role, content}"
+def check_messages(msgs: list[dict], need_assistant: bool = True) -> tuple[str, str] | None:
+    """(reason, detail) when the messages are not a usable conversation."""
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            return "wrong_type", f"{where} must be an object with role and content"
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             return "unknown_role", f"{where}.role is {role!r}; use one of {', '.join(ROLES)}"
         if not isinstance(content, str):
             return "wrong_type", f"{where}.content must be a string, got {type(content).__name__}"
         if not content.strip():
-            return "empty_turn", f"{where} ({role}) has empty or whitespace-only content"
+            return "empty_turn", f"{where} ({role}) has empty or whitespace-only content; fill it or remove the turn"
         if role == "system" and i != 0:
             return "misplaced_system", f"{where}: a system message may only come first"
+        if "weight" in m and (role != "assistant" or m["weight"] not in (0, 1)):
+            return "bad_weight", f"{where}.weight is {m['weight']!r}; only assistant messages take a weight, 0 or 1"
     roles = [m["role"] for m in msgs if m["role"] != "system"]
     if not roles or roles[0] != "user":
         return "bad_turn_order", "the first non-system message must be from the user"
     if any(a == b for a, b in zip(roles, roles[1:])):
         return "bad_turn_order", "user and assistant turns must alternate"
-    if roles[-1] != "assistant":
-        return "no_final_assistant", "the conversation must end with an assistant turn (nothing to learn otherwise)"
+    if need_assistant:
+        if roles[-1] != "assistant":
+            return "no_final_assistant", "the conversation must end with an assistant turn (nothing to learn otherwise)"
+        if all(m.get("weight", 1) == 0 for m in msgs if m["role"] == "assistant"):
+            return "no_trainable_turn", "every assistant message has weight 0, so nothing would be learned"
+    elif roles[-1] != "user":
+        return "bad_turn_order", "a held-out item must end with the user question to answer"
     return None
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, object | None, str]]:
-    """Yield (line number, parsed object or None, raw text) for every non-blank line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} not found; set data.train in the config to a JSONL file")
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8").lstrip("\ufeff")
-            except UnicodeDecodeError:
-                # Replacing bad bytes would change the record silently; reject it instead.
-                yield n, BAD_ENCODING, raw.decode("utf-8", errors="replace").rstrip("\n")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield n, json.loads(text), text.rstrip("\n")
-            except json.JSONDecodeError:
-                yield n, None, text.rstrip("\n")
+def to_record(src: str, line: int, value: object, fmt: str, columns: dict, clean: Cleaner,
+              need_assistant: bool = True) -> tuple[str, Record | Reject]:
+    """(format, Record or Reject) for one raw row."""
+    if isinstance(value, Problem):
+        return "unreadable", Reject(line, src, value.reason, value.detail, value.raw)
+    try:
+        found, obj = to_canonical(value, fmt, columns)
+    except FormatError as e:
+        return "unreadable", Reject(line, src, e.reason, e.detail, value)
+    if "text" in obj and "messages" not in obj:
+        text = clean(obj.pop("text"))
+        if not text:
+            return found, Reject(line, src, "empty_turn", "the document is empty after cleaning", value)
+        return found, Record([], line, src, obj, text=text)
+    msgs = obj.pop("messages")
+    if not need_assistant and msgs and msgs[-1].get("role") == "assistant" and len(msgs) > 1:
+        # A held-out item given with its answer (Alpaca, prompt/completion): the answer
+        # becomes the reference and the question is what the model must answer.
+        answer = msgs.pop()
+        if isinstance(answer.get("content"), str):
+            obj.setdefault("reference", answer["content"])
+    for m in msgs:
+        if isinstance(m.get("content"), str):
+            m["content"] = clean(m["content"])
+    problem = check_messages(msgs, need_assistant)
+    if problem:
+        return found, Reject(line, src, *problem, value)
+    return found, Record(msgs, line, src, obj)
 
 
-def load_records(path: str | Path, *, need_assistant: bool = True) -> tuple[list[Record], list[Reject]]:
-    """Parse and validate a chat JSONL file. Text is normalised; nothing valid is dropped."""
+def iter_records(path: str | Path, fmt: str = "auto", columns: dict | None = None, clean: Cleaner | None = None,
+                 notes: list[str] | None = None, formats: Counter | None = None,
+                 need_assistant: bool = True) -> Iterator[Record | Reject]:
+    """Stream records and rejects from a file or folder; `formats` counts rows per format."""
+    clean = clean or Cleaner()
+    notes = [] if notes is None else notes
+    for raw in iter_raw(path, notes):
+        found, item = to_record(raw.source, raw.line, raw.value, fmt, columns or {}, clean, need_assistant)
+        if formats is not None:
+            formats[found] += 1
+        yield item
+
+
+def load_records(path: str | Path, *, need_assistant: bool = True, fmt: str = "auto",
+                 columns: dict | None = None) -> tuple[list[Record], list[Reject]]:
+    """All records and rejects of a file, in memory (for small files: held-out sets, prepared data)."""
     records, rejects = [], []
-    src = str(path)
-    for n, obj, raw in read_jsonl(path):
-        if obj is BAD_ENCODING:
-            rejects.append(Reject(n, src, "bad_encoding", "line is not valid UTF-8; re-save the file as UTF-8", raw[:2000]))
-            continue
-        if obj is None:
-            rejects.append(Reject(n, src, "malformed_json", "line is not valid JSON (truncated or broken)", raw[:2000]))
-            continue
-        problem = _check(obj) if need_assistant else _check_prompt(obj)
-        if problem:
-            rejects.append(Reject(n, src, *problem, obj))
-            continue
-        msgs = [{"role": m["role"], "content": normalize_text(m["content"])} for m in obj["messages"]]
-        extra = {k: v for k, v in obj.items() if k != "messages"}
-        records.append(Record(msgs, n, src, extra))
+    for item in iter_records(path, fmt, columns, need_assistant=need_assistant):
+        (records if isinstance(item, Record) else rejects).append(item)
     return records, rejects
-
-
-def _check_prompt(obj: object) -> tuple[str, str] | None:
-    """Held-out questions end with the user turn the model must answer."""
-    if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and obj["messages"]:
-        last = obj["messages"][-1]
-        if isinstance(last, dict) and last.get("role") == "user":
-            fake = dict(obj, messages=obj["messages"] + [{"role": "assistant", "content": "x"}])
-            return _check(fake)
-        return "bad_turn_order", "a held-out item must end with the user question to answer"
-    return _check(obj)

@@ -40,7 +40,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     set_threads(cfg.train.threads)
     data = run_dir / "data"
     train_records, _ = load_records(data / "train.jsonl")
-    valid_ex = load_examples(data / "valid.jsonl", tokenizer)
+    valid_ex = load_examples(data / "valid.jsonl", tokenizer, cfg.data.train_on)
     items = []
     if (data / "eval.jsonl").is_file():
         items, _ = load_records(data / "eval.jsonl", need_assistant=False)

@@ -1,0 +1,298 @@
+"""Where records come from: files and folders of every common container, read as a stream.
+
+Every container yields `Raw(source, line, value)`. `value` is the parsed record (a dict
+for JSON, CSV, Parquet and Arrow rows; {"text": ...} for a .txt/.md document) or a
+`Problem` for something that could not be parsed. A bad record never raises: only a file
+that cannot be read at all (missing, empty, binary, of unknown type) raises DataError,
+naming the file and what to do.
+
+The container is found from the content where the content is unambiguous (a JSON object
+or array, Parquet or Arrow magic bytes), else from the extension. So a `.csv` that holds
+JSON Lines is read as JSON Lines, and a note says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tunekit.errors import DataError
+
+TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
+DATA_EXTS = {".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow"}
+RAW_KEEP = 2000
+"""Characters of an unparseable line kept in rejects.jsonl (a 50 MB line is not copied)."""
+
+
+@dataclass
+class Problem:
+    reason: str
+    detail: str
+    raw: str
+
+
+@dataclass
+class Raw:
+    source: str
+    line: int
+    """1-based line where the record starts (row number for Parquet/Arrow)."""
+    value: object
+
+
+def iter_raw(path: str | Path, notes: list[str]) -> Iterator[Raw]:
+    """Every record under `path` (a file or a folder), in a stable order.
+
+    `notes` collects what the user should know about how the files were read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        yield from _iter_folder(path, notes)
+    elif path.is_file():
+        yield from _iter_file(path, sniff(path), notes)
+    else:
+        raise DataError(f"data path {path} not found; set data.train to a data file or a folder of them")
+
+
+def sniff(path: Path) -> str:
+    """Container kind of a file: jsonl, json, csv, tsv, parquet, arrow or text."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    ext = path.suffix.lower()
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"ARROW1") or head[:4] == b"\xff\xff\xff\xff":
+        return "arrow"
+    body = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if not body:
+        raise DataError(f"{path} is empty (no records); point data.train at a file with data")
+    if body[:1] == b"{":
+        return "json" if ext == ".json" else "jsonl"
+    if body[:1] == b"[":
+        return "json"
+    if b"\x00" in head:
+        raise DataError(f"{path} is a binary file, not text data; expected JSONL, JSON, CSV, Parquet or text")
+    if ext in (".csv", ".tsv"):
+        return ext[1:]
+    if ext in TEXT_EXTS:
+        return "text"
+    preview = body[:40].decode("utf-8", errors="replace")
+    if ext in (".jsonl", ".ndjson", ".json"):
+        raise DataError(
+            f"{path} has extension {ext} but does not start with a JSON object or array "
+            f"(it starts with {preview!r}). If it is CSV, rename it to .csv; if it is a document, to .txt"
+        )
+    if ext in (".parquet", ".arrow"):
+        raise DataError(f"{path} has extension {ext} but is not a {ext[1:]} file (no magic bytes); was it truncated?")
+    raise DataError(
+        f"{path}: cannot tell its format from the extension {ext or '(none)'!r} or the content "
+        f"(starts with {preview!r}); use .jsonl, .json, .csv, .tsv, .parquet, .txt or .md"
+    )
+
+
+def _iter_file(path: Path, kind: str, notes: list[str]) -> Iterator[Raw]:
+    ext = path.suffix.lower()
+    expected = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".arrow": "arrow"}
+    if ext in expected and expected[ext] != kind and not (kind == "json" and ext in (".jsonl", ".ndjson")):
+        notes.append(f"{path.name}: extension {ext} but the content is {kind}; read as {kind}")
+    reader = {"jsonl": _jsonl, "json": _json, "csv": _csv, "tsv": _csv, "parquet": _parquet, "arrow": _arrow, "text": _text}
+    yield from reader[kind](path)
+
+
+def _iter_folder(root: Path, notes: list[str]) -> Iterator[Raw]:
+    if (root / "dataset_dict.json").is_file():
+        splits = json.loads((root / "dataset_dict.json").read_text()).get("splits", [])
+        if "train" not in splits:
+            raise DataError(f"{root} is a saved DatasetDict with splits {splits} and no 'train'; point data.train at one split's folder")
+        notes.append(f"{root.name}: saved DatasetDict; reading its 'train' split")
+        root = root / "train"
+    if (root / "state.json").is_file():
+        yield from _saved_dataset(root, notes)
+        return
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    used = [p for p in files if p.suffix.lower() in TEXT_EXTS | DATA_EXTS]
+    skipped = len(files) - len(used)
+    if skipped:
+        notes.append(f"{root}: skipped {skipped} file(s) of other types")
+    if not used:
+        raise DataError(f"folder {root} holds no .jsonl/.json/.csv/.parquet/.txt/.md files")
+    for p in used:
+        try:
+            kind = sniff(p)
+        except DataError as e:
+            notes.append(f"skipped {e}")
+            continue
+        yield from _iter_file(p, kind, notes)
+
+
+def _decode(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        return None
+
+
+def _jsonl(path: Path) -> Iterator[Raw]:
+    src = str(path)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            text = _decode(raw)
+            if text is None:
+                # Replacing bad bytes would change the record silently; reject it instead.
+                shown = raw[:RAW_KEEP].decode("utf-8", errors="replace").rstrip("\r\n")
+                yield Raw(src, n, Problem("bad_encoding", "line is not valid UTF-8; re-save the file as UTF-8", shown))
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield Raw(src, n, json.loads(text))
+            except json.JSONDecodeError as e:
+                detail = f"line is not valid JSON ({e.msg} at column {e.colno}); is it truncated or two records on one line?"
+                yield Raw(src, n, Problem("malformed_json", detail, text[:RAW_KEEP].rstrip("\r\n")))
+
+
+def _json(path: Path) -> Iterator[Raw]:
+    """A JSON array (or one object, or {"data": [...]}), salvaging every item before a break."""
+    src = str(path)
+    text = _decode(path.read_bytes())
+    if text is None:
+        raise DataError(f"{path} is not valid UTF-8; re-save it as UTF-8")
+    dec = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if text[pos] == "{":
+        try:
+            obj, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            yield from _jsonl(path)  # a .json file that is really JSON Lines
+            return
+        if _skip_ws(text, end) < len(text):
+            yield from _jsonl(path)
+            return
+        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        if len(lists) == 1 and len(obj) <= 3:  # {"data": [...], "version": ...}
+            for i, item in enumerate(lists[0], 1):
+                yield Raw(src, i, item)
+        else:
+            yield Raw(src, 1, obj)
+        return
+    # Decode item by item so a truncated array still yields every complete record.
+    pos, line, counted = pos + 1, 1, 0
+    while True:
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == "]":
+            return
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            item, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            detail = f"JSON array breaks here ({e.msg}); the file may be truncated. Records before this line were read"
+            yield Raw(src, line, Problem("malformed_json", detail, text[pos : pos + RAW_KEEP]))
+            return
+        yield Raw(src, line, item)
+        pos = _skip_ws(text, end)
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos >= len(text) or text[pos] != "]":
+            yield Raw(src, line, Problem("malformed_json", "JSON array is missing a ',' or the closing ']'", text[pos : pos + RAW_KEEP]))
+            return
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _csv(path: Path) -> Iterator[Raw]:
+    src = str(path)
+    csv.field_size_limit(sys.maxsize)  # one long answer must not abort the file
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    # surrogateescape: a bad byte becomes a marker we can reject per row instead of an
+    # exception that would end the whole file.
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path} is empty (no header row)")
+        header = [h.strip() for h in header]
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield Raw(src, start, Problem("malformed_csv", f"CSV row cannot be parsed: {e}", ""))
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            joined = "\x1f".join(row)
+            if any("\udc80" <= ch <= "\udcff" for ch in joined):
+                shown = joined.encode("utf-8", "surrogateescape")[:RAW_KEEP].decode("utf-8", "replace")
+                yield Raw(src, start, Problem("bad_encoding", "row is not valid UTF-8; re-save the file as UTF-8", shown))
+            elif len(row) != len(header):
+                detail = f"row has {len(row)} fields but the header has {len(header)}; a quote or separator is off"
+                yield Raw(src, start, Problem("malformed_csv", detail, delimiter.join(row)[:RAW_KEEP]))
+            else:
+                yield Raw(src, start, dict(zip(header, row)))
+
+
+def _table_rows(src: str, batches) -> Iterator[Raw]:
+    n = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            n += 1
+            yield Raw(src, n, row)
+
+
+def _parquet(path: Path) -> Iterator[Raw]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path} is not a readable Parquet file: {e}") from None
+    yield from _table_rows(str(path), pf.iter_batches(batch_size=1024))
+
+
+def _arrow_batches(path: Path):
+    import pyarrow as pa
+
+    try:
+        reader = pa.ipc.open_stream(pa.memory_map(str(path)))
+    except Exception:
+        try:
+            f = pa.ipc.open_file(pa.memory_map(str(path)))
+        except Exception as e:
+            raise DataError(f"{path} is not a readable Arrow file: {e}") from None
+        return (f.get_batch(i) for i in range(f.num_record_batches))
+    return reader
+
+
+def _arrow(path: Path) -> Iterator[Raw]:
+    yield from _table_rows(str(path), _arrow_batches(path))
+
+
+def _saved_dataset(root: Path, notes: list[str]) -> Iterator[Raw]:
+    """A folder written by `datasets.Dataset.save_to_disk`: state.json lists its Arrow files."""
+    state = json.loads((root / "state.json").read_text())
+    files = [root / f["filename"] for f in state.get("_data_files", [])]
+    if not files:
+        raise DataError(f"{root}/state.json lists no data files; is the dataset folder complete?")
+    notes.append(f"{root.name}: dataset saved with save_to_disk ({len(files)} Arrow file(s))")
+    for p in files:
+        if not p.is_file():
+            raise DataError(f"{p} is listed in {root}/state.json but missing")
+        yield from _arrow(p)
+
+
+def _text(path: Path) -> Iterator[Raw]:
+    text = _decode(path.read_bytes())
+    if text is None:
+        yield Raw(str(path), 1, Problem("bad_encoding", "document is not valid UTF-8; re-save it as UTF-8", ""))
+    elif text.strip():
+        yield Raw(str(path), 1, {"text": text})
