@@ -147,16 +147,26 @@ def _alpaca(obj: dict, columns: dict[str, str]) -> dict:
     return {**_extra(obj, ("instruction", "input", "output", "system")), "messages": msgs}
 
 
+def _turns(value: object, field: str, role: str, columns: dict[str, str]) -> list:
+    """A prompt or completion: a string (one turn of `role`) or a message list, which CSV and
+    Parquet hold as JSON text in one cell. Any other text stays text: "[INST] ..." is a
+    prompt, and a completion may itself be JSON the model must learn to write."""
+    if isinstance(value, str) and value.lstrip()[:1] == "[":
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            items = None
+        keys = (columns.get("role", "role"), "role")
+        if isinstance(items, list) and items and all(isinstance(m, dict) and any(k in m for k in keys) for m in items):
+            value = items
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return _messages(value, field, columns, "role", "content")
+
+
 def _prompt_completion(obj: dict, columns: dict[str, str]) -> dict:
-    prompt, completion = _json_cell(obj["prompt"], "prompt"), _json_cell(obj["completion"], "completion")
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    else:
-        prompt = _messages(prompt, "prompt", columns, "role", "content")
-    if isinstance(completion, str):
-        completion = [{"role": "assistant", "content": completion}]
-    else:
-        completion = _messages(completion, "completion", columns, "role", "content")
+    prompt = _turns(obj["prompt"], "prompt", "user", columns)
+    completion = _turns(obj["completion"], "completion", "assistant", columns)
     return {**_extra(obj, ("prompt", "completion", "system")), "messages": _system(obj) + prompt + completion}
 
 
