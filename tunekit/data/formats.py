@@ -116,7 +116,8 @@ def _messages(items: object, field: str, columns: dict[str, str], role_key: str,
             raise FormatError("wrong_type", f"{field}[{i}] must be an object, got {type(m).__name__}")
         if rk not in m and ck not in m and ("role" in m or "content" in m):
             rk, ck = "role", "content"  # ShareGPT files that already use role/content
-        msg = {k: v for k, v in m.items() if k not in (rk, ck)}
+        # Parquet/Arrow structs give every message every key, null where a message had none.
+        msg = {k: v for k, v in m.items() if k not in (rk, ck) and v is not None}
         msg["role"], msg["content"] = m.get(rk), m.get(ck)
         out.append(msg)
     return out

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tunekit.data.formats import detect
 from tunekit.errors import DataError
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
@@ -166,18 +167,26 @@ def _json(path: Path) -> Iterator[Raw]:
         try:
             obj, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError:
-            yield from _jsonl(path)  # a .json file that is really JSON Lines
+            # {"data": [... cut short: every complete record before the break. Else JSON Lines.
+            inner = None if _looks_like_lines(text) else _member_array(text, pos)
+            yield from _jsonl(path) if inner is None else _array(src, text, inner)
             return
         if _skip_ws(text, end) < len(text):
             yield from _jsonl(path)
             return
-        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
-        if len(lists) == 1 and len(obj) <= 3:  # {"data": [...], "version": ...}
-            for i, item in enumerate(lists[0], 1):
-                yield Raw(src, i, item)
+        keys = [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        # {"data": [...], "version": ...}, but not one record whose list holds its messages
+        if len(keys) == 1 and len(obj) <= 3 and detect(obj) is None and not {"role", "from"} & obj[keys[0]][0].keys():
+            yield from _array(src, text, _member_array(text, pos, keys[0]))
         else:
             yield Raw(src, 1, obj)
         return
+    yield from _array(src, text, pos)
+
+
+def _array(src: str, text: str, pos: int) -> Iterator[Raw]:
+    """Items of the JSON array that opens at `pos`, each with the line it starts on."""
+    dec = json.JSONDecoder()
     # Decode item by item so a truncated array still yields every complete record.
     pos, line, counted = pos + 1, 1, 0
     while True:
@@ -199,6 +208,43 @@ def _json(path: Path) -> Iterator[Raw]:
         elif pos >= len(text) or text[pos] != "]":
             yield Raw(src, line, Problem("malformed_json", "JSON array is missing a ',' or the closing ']'", text[pos : pos + RAW_KEEP]))
             return
+
+
+def _looks_like_lines(text: str) -> bool:
+    """JSON Lines: the first or second non-blank line is a JSON value on its own."""
+    for line in [x for x in text.split("\n", 8) if x.strip()][:2]:
+        try:
+            json.loads(line)
+            return True
+        except json.JSONDecodeError:
+            continue
+    return False
+
+
+def _member_array(text: str, pos: int, key: str | None = None) -> int | None:
+    """Where the array value of member `key` of the object at `pos` opens; with no key,
+    the array member where the text stops parsing (a file cut short), if any."""
+    dec = json.JSONDecoder()
+    pos = _skip_ws(text, pos + 1)
+    try:
+        while text[pos : pos + 1] == '"':
+            name, pos = dec.raw_decode(text, pos)
+            pos = _skip_ws(text, pos)
+            if text[pos : pos + 1] != ":":
+                return None
+            start = pos = _skip_ws(text, pos + 1)
+            if name == key and text[pos : pos + 1] == "[":
+                return pos
+            try:
+                _, pos = dec.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                return start if key is None and text[start : start + 1] == "[" else None
+            pos = _skip_ws(text, pos)
+            if text[pos : pos + 1] == ",":
+                pos = _skip_ws(text, pos + 1)
+    except json.JSONDecodeError:
+        pass
+    return None
 
 
 def _skip_ws(text: str, pos: int) -> int:
