@@ -233,7 +233,8 @@ def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
         gone[(kept.sources[i], kept.lines[i])] = kept.lines[j]
         detail = f"near duplicate of line {kept.lines[j]} (estimated Jaccard {sim:.2f} >= data.near_dup_threshold {cfg.data.near_dup_threshold})"
         near_rejects[i] = Reject(kept.lines[i], kept.sources[i], "near_duplicate", detail, None)
-    p1.reasons["near_duplicate"] += len(near_rejects)
+    if near_rejects:
+        p1.reasons["near_duplicate"] += len(near_rejects)
     for dup, original in p1.dups:
         if original in gone:
             dup.detail += f" (itself a near duplicate of line {gone[original]}, which is kept)"
