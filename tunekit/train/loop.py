@@ -20,6 +20,7 @@ import torch
 from tunekit import atomic
 from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
+from tunekit.data.pack import collate_packed
 from tunekit.data.template import Tokenized
 from tunekit.errors import TunekitError
 from tunekit.models.loading import load_model, set_threads
@@ -68,6 +69,15 @@ def make_plan(cfg: Config, examples: list[Tokenized]) -> Plan:
     return Plan(examples, cfg.train.batch_size, cfg.seed, bpe, steps, cfg.train.grad_accum)
 
 
+def make_batch(examples: list[Tokenized], indices: list[int], pad_id: int, pack_to: int | None = None) -> Batch:
+    """The examples `indices` padded to the longest, or with `pack_to` packed into rows of that many tokens.
+
+    Packing changes only the tensors' shape, not which examples a micro-batch holds, so
+    the step plan, the examples per optimiser step and resuming are the same either way.
+    """
+    return collate_packed(examples, indices, pack_to, pad_id) if pack_to else collate(examples, indices, pad_id)
+
+
 def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
     """One optimiser step over micro-batches; returns (loss per supervised token, grad norm).
 
@@ -77,7 +87,7 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
     n_sup = max(sum(b.supervised for b in batches), 1)
     step_loss = 0.0
     for b in batches:
-        loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels)
+        loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
         (loss_sum / n_sup).backward()
         step_loss += float(loss_sum.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -89,15 +99,15 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
 
 
 @torch.no_grad()
-def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> float:
-    """Mean cross-entropy per supervised token over `examples`."""
+def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | None = None) -> float:
+    """Mean cross-entropy per supervised token over `examples` (packed into rows of `pack_to` if given)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for s in range(0, len(order), batch_size):
-        b = collate(examples, order[s : s + batch_size], pad_id)
-        loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels)
+        b = make_batch(examples, order[s : s + batch_size], pad_id, pack_to)
+        loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(count, 1)
@@ -122,12 +132,13 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     _truncate_metrics(metrics_path, start)
 
     pad = tokenizer.pad_token_id
+    pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, last_loss = time.time(), tokens_seen, float("nan")
     with Bar("train", plan.total_steps) as bar, open(metrics_path, "a") as log:
         if start:
             bar.update(start)
         for step in range(start, plan.total_steps):
-            batches = [collate(train_ex, idx, pad) for idx in plan.micro_batches(step)]
+            batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
             last_loss, grad_norm = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm)
             tokens_seen += sum(b.tokens for b in batches)
             if not math.isfinite(last_loss):
@@ -149,7 +160,7 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
 
     final = checkpoint.save(ckpt_root, plan.total_steps, model, optimizer, scheduler,
                             {"tokens_seen": tokens_seen, "config_hash": config_hash}, cfg.train.keep_last)
-    valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size) if valid_ex else None
+    valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to) if valid_ex else None
     result = {
         "final_checkpoint": str(final.relative_to(run_dir)),
         "method": cfg.method.kind,

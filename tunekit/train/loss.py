@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tunekit.data.template import IGNORE
+from tunekit.errors import ModelError
 
 CHUNK = 1024
 
@@ -25,10 +26,18 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return inner.get_decoder(), inner.get_output_embeddings()
 
 
-def supervised_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(sum of token cross-entropies over supervised positions, number of such positions)."""
+def supervised_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                        position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """(sum of token cross-entropies over supervised positions, number of such positions).
+
+    `attention_mask` is a (B, T) padding mask, or a packed batch's (B, 1, T, T) bool block
+    mask, which goes with its `position_ids`.
+    """
     decoder, head = decoder_and_head(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if attention_mask.dim() == 4:
+        attention_mask = additive_mask(attention_mask, decoder.get_input_embeddings().weight.dtype, decoder.config)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     h = hidden[:, :-1][keep]
@@ -41,6 +50,21 @@ def supervised_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Te
     for s in range(0, h.shape[0], CHUNK):
         total = total + checkpoint(_chunk_loss, head, h[s : s + CHUNK], y[s : s + CHUNK], use_reentrant=False)
     return total, int(y.numel())
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, config) -> torch.Tensor:
+    """A 4D bool mask (True = may attend) as the additive float mask the attention adds to its scores.
+
+    transformers passes a 4D mask to the attention function as is. SDPA would take bools,
+    but eager attention adds the mask to the scores, so bools would silently become +0/+1;
+    an additive mask in the model's dtype (SDPA wants the query's dtype) is right for both.
+    The dtype's minimum rather than -inf keeps a fully masked row finite.
+    """
+    impl = getattr(config, "_attn_implementation", "sdpa")
+    if impl not in ("sdpa", "eager"):
+        raise ModelError(f"packed batches need the 'sdpa' or 'eager' attention implementation, not {impl!r}; "
+                         "set data.packing=false or load the model with sdpa attention")
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def _chunk_loss(head: torch.nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
