@@ -117,8 +117,8 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer)
-    valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer)
+    train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer, cfg.data.train_on)
+    valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer, cfg.data.train_on)
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
     console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
     model.train()
