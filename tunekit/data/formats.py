@@ -19,6 +19,7 @@ labels) are carried through unchanged.
 from __future__ import annotations
 
 import json
+import re
 
 SIGNATURES = (
     ("chat", ("messages",)),
@@ -33,12 +34,28 @@ SHAREGPT_ROLES = {
 }
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+LONE_SURROGATE = ("holds half of a UTF-16 surrogate pair (a \\ud800-\\udfff escape without its partner, e.g. an "
+                  "emoji cut in two), which UTF-8 cannot store; fix or remove that character")
+
+
 class FormatError(ValueError):
     """A record that is not in the expected format: (reason code, detail)."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+
+
+def lone_surrogate(value: object, text: str, start: int = 0, end: int | None = None) -> bool:
+    """Whether `value`, parsed from the JSON text[start:end], holds an unpaired surrogate."""
+    if _SURROGATE_ESCAPE.search(text, start, len(text) if end is None else end) is None:
+        return False  # the common case: no \\uD8xx-\\uDFxx escape at all
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def rename(obj: dict, columns: dict[str, str]) -> dict:
@@ -90,9 +107,12 @@ def _json_cell(value: object, field: str) -> object:
     """CSV and Parquet store a message list as a JSON string in one cell."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
-            return json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
             raise FormatError("malformed_json", f"'{field}' holds text that is not valid JSON") from None
+        if lone_surrogate(parsed, value):
+            raise FormatError("bad_encoding", f"'{field}' {LONE_SURROGATE}")
+        return parsed
     return value
 
 
@@ -108,7 +128,8 @@ def _system(obj: dict) -> list[dict]:
 def _messages(items: object, field: str, columns: dict[str, str], role_key: str, content_key: str) -> list:
     items = _json_cell(items, field)
     if not isinstance(items, list) or not items:
-        raise FormatError("wrong_type", f"'{field}' must be a non-empty list of messages, got {type(items).__name__}")
+        got = "an empty list" if items == [] else type(items).__name__
+        raise FormatError("wrong_type", f"'{field}' must be a non-empty list of messages, got {got}")
     rk, ck = columns.get("role", role_key), columns.get("content", content_key)
     out = []
     for i, m in enumerate(items):

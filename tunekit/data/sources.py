@@ -13,20 +13,24 @@ JSON Lines is read as JSON Lines, and a note says so.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tunekit.data.formats import detect
+from tunekit.data.formats import LONE_SURROGATE, detect, lone_surrogate
 from tunekit.errors import DataError
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
 DATA_EXTS = {".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow"}
 RAW_KEEP = 2000
 """Characters of an unparseable line kept in rejects.jsonl (a 50 MB line is not copied)."""
+_ESCAPED = re.compile("[\udc80-\udcff]")
+"""Bytes that are not UTF-8, kept as markers by the surrogateescape error handler."""
 
 
 @dataclass
@@ -74,8 +78,12 @@ def sniff(path: Path) -> str:
         return "json" if ext == ".json" else "jsonl"
     if body[:1] == b"[":
         return "json"
-    if b"\x00" in head:
-        raise DataError(f"{path} is a binary file, not text data; expected JSONL, JSON, CSV, Parquet or text")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{path} is UTF-16 text; re-save it as UTF-8 (in Excel: 'CSV UTF-8') and point data.train at that")
+    if _binary(head):
+        raise DataError(
+            f"{path} is a binary file, not text data (compressed? unpack it first); expected JSONL, JSON, CSV, Parquet or text"
+        )
     if ext in (".csv", ".tsv"):
         return ext[1:]
     if ext in TEXT_EXTS:
@@ -92,6 +100,17 @@ def sniff(path: Path) -> str:
         f"{path}: cannot tell its format from the extension {ext or '(none)'!r} or the content "
         f"(starts with {preview!r}); use .jsonl, .json, .csv, .tsv, .parquet, .txt or .md"
     )
+
+
+def _binary(head: bytes) -> bool:
+    """More NUL bytes than a stray one in a cell, or bytes that are not UTF-8 at all."""
+    if b"\x00" not in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return True
+    return head.count(0) > max(4, len(head) // 100)  # a stray NUL in a cell is cleaned later
 
 
 def _iter_file(path: Path, kind: str, notes: list[str]) -> Iterator[Raw]:
@@ -149,18 +168,22 @@ def _jsonl(path: Path) -> Iterator[Raw]:
             if not text.strip():
                 continue
             try:
-                yield Raw(src, n, json.loads(text))
+                value = json.loads(text.rstrip("\r\n"))  # a line cut inside a string ends there, not at a control character
             except json.JSONDecodeError as e:
                 detail = f"line is not valid JSON ({e.msg} at column {e.colno}); is it truncated or two records on one line?"
                 yield Raw(src, n, Problem("malformed_json", detail, text[:RAW_KEEP].rstrip("\r\n")))
+                continue
+            if lone_surrogate(value, text):
+                yield Raw(src, n, Problem("bad_encoding", f"line {LONE_SURROGATE}", text[:RAW_KEEP].rstrip("\r\n")))
+            else:
+                yield Raw(src, n, value)
 
 
 def _json(path: Path) -> Iterator[Raw]:
     """A JSON array (or one object, or {"data": [...]}), salvaging every item before a break."""
     src = str(path)
-    text = _decode(path.read_bytes())
-    if text is None:
-        raise DataError(f"{path} is not valid UTF-8; re-save it as UTF-8")
+    # surrogateescape: a bad byte rejects the record that holds it, not the whole file.
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     dec = json.JSONDecoder()
     pos = _skip_ws(text, 0)
     if text[pos] == "{":
@@ -179,7 +202,7 @@ def _json(path: Path) -> Iterator[Raw]:
         if len(keys) == 1 and len(obj) <= 3 and detect(obj) is None and not {"role", "from"} & obj[keys[0]][0].keys():
             yield from _array(src, text, _member_array(text, pos, keys[0]))
         else:
-            yield Raw(src, 1, obj)
+            yield _checked(src, 1, obj, text, pos, end)
         return
     yield from _array(src, text, pos)
 
@@ -199,15 +222,29 @@ def _array(src: str, text: str, pos: int) -> Iterator[Raw]:
             item, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             detail = f"JSON array breaks here ({e.msg}); the file may be truncated. Records before this line were read"
-            yield Raw(src, line, Problem("malformed_json", detail, text[pos : pos + RAW_KEEP]))
+            yield Raw(src, line, Problem("malformed_json", detail, _shown(text[pos : pos + RAW_KEEP])))
             return
-        yield Raw(src, line, item)
+        yield _checked(src, line, item, text, pos, end)
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
             pos += 1
         elif pos >= len(text) or text[pos] != "]":
-            yield Raw(src, line, Problem("malformed_json", "JSON array is missing a ',' or the closing ']'", text[pos : pos + RAW_KEEP]))
+            yield Raw(src, line, Problem("malformed_json", "JSON array is missing a ',' or the closing ']'", _shown(text[pos : pos + RAW_KEEP])))
             return
+
+
+def _checked(src: str, line: int, item: object, text: str, start: int, end: int) -> Raw:
+    """The item, or a bad_encoding problem when its text held bytes that are not UTF-8."""
+    if _ESCAPED.search(text, start, end) is None:
+        if not lone_surrogate(item, text, start, end):
+            return Raw(src, line, item)
+        return Raw(src, line, Problem("bad_encoding", f"record {LONE_SURROGATE}", _shown(text[start : start + RAW_KEEP])))
+    return Raw(src, line, Problem("bad_encoding", "record is not valid UTF-8; re-save the file as UTF-8", _shown(text[start : start + RAW_KEEP])))
+
+
+def _shown(text: str) -> str:
+    """Text for rejects.jsonl: bytes that were not UTF-8 shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _looks_like_lines(text: str) -> bool:
