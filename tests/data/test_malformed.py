@@ -171,12 +171,14 @@ def test_truncated_parquet(tmp_path):
 def test_folder_of_the_whole_corpus_skips_unreadable_files_and_keeps_every_valid_record(tmp_path):
     folder = tmp_path / "corpus"
     shutil.copytree(CORPUS, folder, ignore=shutil.ignore_patterns("README.md"))
-    notes: list[str] = []
-    records = [r for r in load_records(folder)[0]]
+    records, rejects = load_records(folder)
     assert sorted(r.extra["id"] for r in records) == sorted(i for v, _ in READABLE.values() for _, i in v)
+    assert len(rejects) == sum(len(b) for _, b in READABLE.values())
+    notes: list[str] = []
     list(iter_raw(folder, notes))
     skipped = [n for n in notes if n.startswith("skipped ")]
-    assert len(skipped) == len(UNREADABLE) and all("DataError" not in n for n in skipped)
+    assert len(skipped) == len(UNREADABLE)
+    assert all(any(f"{folder / name} " in n for n in skipped) for name in UNREADABLE), skipped
 
 
 # ---- the full prepare stage -------------------------------------------------------------
