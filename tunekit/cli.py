@@ -1,4 +1,4 @@
-"""Command line: one subcommand per stage, `run` for all of them, and `models`.
+"""Command line: one subcommand per stage, `run` for all of them, `models` and `data`.
 
 Any TunekitError exits with code 2 and one clear message; `--debug` shows the traceback.
 """
@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--name", default=None)
     models.add_parser("info", help="architecture, size and source of a model").add_argument("name")
+
+    data = sub.add_parser("data", help="look at a dataset before training").add_subparsers(dest="data_command", required=True)
+    ins = data.add_parser("inspect", help="counts, token lengths, supervised tokens, duplicates, system prompts, warnings")
+    ins.add_argument("path", nargs="?", help="data file or folder (default: the config's data.train)")
+    ins.add_argument("--model", help="tokenizer and chat template to measure with (default: the config's, else the default model)")
+    ins.add_argument("--config", help="take the model and data settings from this run config")
+    ins.add_argument("--format", choices=("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"))
+    ins.add_argument("--max-length", type=int, help="tokens per example (default: the config's, else 512)")
+    ins.add_argument("--train-on", choices=("all_assistant", "last_assistant", "all"), help="which tokens carry loss")
+    ins.add_argument("--epochs", type=float, help="for the tokens-per-run figure (default: the config's, else 1)")
+    ins.add_argument("--out", help="folder for inspect.json and token_lengths.png (default: <data name>.inspect beside the data)")
+    ins.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     return parser
 
 
@@ -91,6 +103,60 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _inspect_out(data: Path, out: str | None) -> Path:
+    """--out, else `<name>.inspect/` beside the data (one folder per dataset), else in the cwd."""
+    if out:
+        return Path(out)
+    name = (data.stem if data.is_file() else data.resolve().name) + ".inspect"
+    parent = data.resolve().parent
+    return parent / name if os.access(parent, os.W_OK) else Path.cwd() / name
+
+
+def _cmd_data(args) -> int:
+    import time
+
+    from tunekit import atomic
+    from tunekit.config import load_config
+    from tunekit.data.inspect import histogram_png, inspect_data, render_text
+    from tunekit.errors import ConfigError
+    from tunekit.models import DEFAULT_MODEL, resolve
+    from tunekit.models.loading import load_tokenizer
+    from tunekit.progress import console
+
+    cfg = load_config(args.config) if args.config else None
+    path = args.path or (cfg.data.train if cfg else None)
+    if not path:
+        raise ConfigError("give the data to inspect: `tunekit data inspect PATH`, or --config with data.train")
+    d, t = (cfg.data, cfg.train) if cfg else (None, None)
+    model = args.model or (cfg.model.base if cfg else DEFAULT_MODEL)
+    tokenizer = load_tokenizer(resolve(model))
+    last = [time.time()]
+
+    def progress(n: int) -> None:
+        if time.time() - last[0] >= 10:
+            last[0] = time.time()
+            console.print(f"inspect: {n:,} records read")
+
+    report = inspect_data(
+        path, tokenizer, fmt=args.format or (d.format if d else "auto"), columns=d.columns if d else None,
+        train_on=args.train_on or (d.train_on if d else "all_assistant"),
+        max_length=args.max_length if args.max_length is not None else (d.max_length if d else 512),
+        near_dup_threshold=d.near_dup_threshold if d else 0.85,
+        epochs=args.epochs if args.epochs is not None else (t.epochs if t else 1.0), seed=cfg.seed if cfg else 0,
+        on_progress=progress)
+    report["model"] = model
+    out = _inspect_out(Path(path), args.out)
+    atomic.write_json(out / "inspect.json", report)
+    histogram_png(report, out / "token_lengths.png")
+    wrote = f"wrote {out / 'inspect.json'} and {out / 'token_lengths.png'}"
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(wrote, file=sys.stderr)
+    else:
+        print(render_text(report) + "\n" + wrote)
+    return 0
+
+
 def _quiet_libraries() -> None:
     """Our own progress and messages replace the libraries' bars and deprecation chatter."""
     import warnings
@@ -124,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     try:
-        return _cmd_models(args) if args.command == "models" else _cmd_stage(args)
+        return {"models": _cmd_models, "data": _cmd_data}.get(args.command, _cmd_stage)(args)
     except TunekitError as e:
         if args.debug:
             raise
