@@ -212,3 +212,17 @@ def test_every_pair_at_the_threshold_is_a_candidate(threshold):
     groups = similar_groups(sigs, threshold)
     for i in range(0, len(texts), 2):
         assert (groups[i] == groups[i + 1]) == (_est(sigs, i, i + 1) >= threshold), i
+
+
+def test_long_texts_are_signed_in_pieces_with_the_same_result(monkeypatch):
+    # Texts over dedup._LONG characters are cut to bound memory; the pieces' 5-grams are
+    # exactly the whole text's, so the signature must not change.
+    import tunekit.data.dedup as dedup
+
+    rng = random.Random(8)
+    words = ["alpha", "Beta", "γάμμα", "δ", "x", "straße", "İstanbul", "naïve", "123456", "__", "...", "😀", "ΣΊΣΥΦΟΣ"]
+    texts = ["!! " + " ".join(rng.choice(words) + rng.choice(["", ",", "!!", "\n"]) for _ in range(3000)) + " ...",
+             "a short one", "-- " * 400]
+    whole = signatures(texts, seed=3)
+    monkeypatch.setattr(dedup, "_LONG", 200)
+    assert (signatures(texts, seed=3) == whole).all()

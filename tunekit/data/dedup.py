@@ -23,7 +23,9 @@ walk is a permutation of all bins, so it always ends. A 5-gram's hash is
 sum(c[i+k] * M_k) mod 2**32 over the batch's normalised code points (seeded odd M_k),
 finished by murmur3's 32-bit mixer; 32 bits suffice because a rare collision only
 merges two grams. A text under five characters (after normalisation) is one gram of
-itself; an empty text is one gram too.
+itself; an empty text is one gram too. A text over 256k characters is cut inside words
+into overlapping pieces whose 5-grams are exactly its own and signed piece by piece
+(minimum over the pieces), so a 50 MB document needs ~200 MB, not ~1.4 GB.
 
 LSH: bands of 8 signature positions, laid out as partitions (a fixed permutation of
 the 128 positions cut into 16 disjoint bands); the number of partitions m depends on
@@ -52,7 +54,8 @@ import numpy as np
 NUM_PERM = 128
 SHINGLE = 5
 _EMPTY = np.uint32(0xFFFFFFFF)
-_CHUNK = 256  # texts per internal pass: keeps the working arrays in the CPU cache
+_CHUNK_CHARS = 1 << 18  # characters per internal pass: the work arrays stay in the CPU cache
+_LONG = 1 << 18  # longer texts are signed in pieces, so memory stays bounded
 _MAX_ROWS, _MAX_PARTITIONS, _MISS = 8, 16, 1e-4
 _LAYOUT_SEED = 0x15A  # band layout is fixed: it must not vary with the signature seed
 _WINDOW = 16  # in a huge LSH bucket, compare each member with this many before it ...
@@ -62,6 +65,7 @@ _COMPACT_AT = 1 << 23  # raw candidate codes held before de-duplicating them
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 _WORD = re.compile(r"[^\W_]")  # the complement of the normalisation's [\W_]+ separator
+_WORD_RUN = re.compile(r"[^\W_]{%d}" % (SHINGLE + 1))
 
 
 def conversation_key(messages: list[dict]) -> str:
@@ -106,8 +110,12 @@ class _Scratch:
         return buf[:size]
 
 
-def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Code points of the texts case-folded and joined, and each text's folded length."""
+_ASCII_MAP = bytes(int(c) if c < 128 else 32 for c in _SEPARATOR_MAP[:256])  # for bytes.translate
+
+
+def _mapped_code_points(texts: list[str], scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of the texts case-folded, joined and separators mapped to spaces, and
+    each text's length after folding."""
     joined = "".join(texts)
     folded = joined.casefold()
     if len(folded) == len(joined):
@@ -116,19 +124,18 @@ def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [t.casefold() for t in texts]
         folded = "".join(parts)
         lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    if folded.isascii():  # a quarter of the bytes of UTF-32
-        return np.frombuffer(folded.encode("ascii"), dtype=np.uint8), lens
-    return np.frombuffer(folded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32), lens
-
-
-def _map_separators(cp: np.ndarray, out: np.ndarray) -> np.ndarray:
-    if cp.dtype == np.uint8 or not cp.size or cp.max() <= 0xFFFF:
-        return np.take(_SEPARATOR_MAP, cp, out=out)
+    out = scratch.get("mapped", len(folded), np.uint32)
+    if folded.isascii():  # bytes.translate is several times faster than a numpy lookup
+        out[:] = np.frombuffer(folded.encode("ascii").translate(_ASCII_MAP), dtype=np.uint8)
+        return out, lens
+    cp = np.frombuffer(folded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    if not cp.size or cp.max() <= 0xFFFF:
+        return np.take(_SEPARATOR_MAP, cp, out=out), lens
     np.take(_SEPARATOR_MAP, np.minimum(cp, 0xFFFF), out=out)
     astral = np.flatnonzero(cp > 0xFFFF)  # rare (emoji, old scripts): ask the regex per code point
     vals, inv = np.unique(cp[astral], return_inverse=True)
     out[astral] = np.array([v if _WORD.match(chr(v)) else 32 for v in vals], dtype=np.uint32)[inv]
-    return out
+    return out, lens
 
 
 def _normalise(texts: list[str], scratch: _Scratch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,15 +146,14 @@ def _normalise(texts: list[str], scratch: _Scratch) -> tuple[np.ndarray, np.ndar
     at once: a regex per text costs more than everything else together. A trailing
     space stays in the array, just past its text's end.
     """
-    cp, lens = _code_points(texts)
-    mapped = _map_separators(cp, scratch.get("mapped", cp.size, np.uint32))
-    word = np.not_equal(mapped, 32, out=scratch.get("word", cp.size, np.bool_))
+    mapped, lens = _mapped_code_points(texts, scratch)
+    word = np.not_equal(mapped, 32, out=scratch.get("word", mapped.size, np.bool_))
     starts = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lens, out=starts[1:])
     first = starts[:-1][lens > 0]
     # Keep word characters and the first character of each separator run, unless the
     # run begins a text (no leading space).
-    keep = scratch.get("keep", cp.size, np.bool_)
+    keep = scratch.get("keep", mapped.size, np.bool_)
     keep[:] = word
     np.logical_or(keep[1:], word[:-1], out=keep[1:])
     keep[first] = word[first]
@@ -214,10 +220,11 @@ def _cells(norm: np.ndarray, begin: np.ndarray, end: np.ndarray, h: np.ndarray, 
     return cell
 
 
-def _short_grams(norm: np.ndarray, begin: np.ndarray, end: np.ndarray, mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(text index, hash) for texts under five characters: each is one gram of itself.
-    The length term keeps it apart from real 5-grams and makes "" seed-dependent too."""
-    short = np.flatnonzero(end - begin < SHINGLE)
+def _short_grams(norm: np.ndarray, begin: np.ndarray, end: np.ndarray, whole: np.ndarray,
+                 mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text index, hash) for whole texts under five characters: each is one gram of
+    itself. The length term keeps it apart from real 5-grams and makes "" seed-dependent."""
+    short = np.flatnonzero((end - begin < SHINGLE) & whole)
     raw = [sum(int(c) * int(m) for c, m in zip(norm[begin[t] : end[t]], mult)) + (int(end[t] - begin[t]) + 1) * int(mult[SHINGLE])
            for t in short]
     h = np.array(raw, dtype=np.uint64).astype(np.uint32) if raw else np.empty(0, dtype=np.uint32)
@@ -225,17 +232,45 @@ def _short_grams(norm: np.ndarray, begin: np.ndarray, end: np.ndarray, mult: np.
     return short, h
 
 
-def _chunk_signatures(texts: list[str], mult: np.ndarray, walk: np.ndarray, scratch: _Scratch) -> np.ndarray:
+def _sketch(texts: list[str], whole: np.ndarray, mult: np.ndarray, scratch: _Scratch) -> np.ndarray:
+    """Each bin's minimum gram hash per text, _EMPTY where a bin got no gram."""
     norm, begin, end = _normalise(texts, scratch)
     sig = np.full((len(texts) + 1, NUM_PERM), _EMPTY, dtype=np.uint32)  # last row: discarded grams
     if norm.size >= SHINGLE:
         h = _gram_hashes(norm, mult, scratch)
         np.minimum.at(sig.reshape(-1), _cells(norm, begin, end, h, scratch), h)
-    short, g = _short_grams(norm, begin, end, mult)
+    short, g = _short_grams(norm, begin, end, whole, mult)
     sig[short, g >> (32 - 7)] = g
-    sig = sig[:-1]
-    _densify(sig, sig != _EMPTY, walk)
-    return sig
+    return sig[:-1]
+
+
+def _split_long(text: str) -> list[str]:
+    """A long text (case-folded) cut into pieces whose 5-gram sets together are the
+    text's: each cut falls inside a word, after at least five word characters, and the
+    next piece starts four of them back, so normalising the pieces gives slices of the
+    normalised text and every 5-gram lies wholly in one piece."""
+    text = text.casefold()
+    pieces, start = [], 0
+    while len(text) - start > _LONG:
+        m = _WORD_RUN.search(text, start + _LONG // 2)
+        if m is None:
+            break
+        cut = m.start() + SHINGLE
+        pieces.append(text[start:cut])
+        start = cut - (SHINGLE - 1)
+    return pieces + [text[start:]]
+
+
+def _pieces(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The texts with long ones split (bounding memory), the index of each text's first
+    piece, and whether each piece is a whole text."""
+    pieces, first, whole = [], np.empty(len(texts), dtype=np.intp), []
+    for i, text in enumerate(texts):
+        first[i] = len(pieces)
+        parts = _split_long(text) if len(text) > _LONG else [text]
+        pieces += parts
+        whole += [len(parts) == 1] * len(parts)
+    return pieces, first, np.array(whole, dtype=bool)
 
 
 def _densify(sig: np.ndarray, filled: np.ndarray, walk: np.ndarray) -> None:
@@ -258,9 +293,18 @@ def signatures(texts: list[str], seed: int = 0) -> np.ndarray:
     results); the same text and seed give the same signature in any batch.
     """
     mult, walk = _params(seed)
-    scratch = _Scratch()
-    parts = [_chunk_signatures(texts[i : i + _CHUNK], mult, walk, scratch) for i in range(0, len(texts), _CHUNK)]
-    return np.concatenate(parts) if parts else np.empty((0, NUM_PERM), dtype=np.uint32)
+    pieces, first, whole = _pieces(texts)
+    sig = np.empty((len(pieces), NUM_PERM), dtype=np.uint32)
+    scratch, lo, size = _Scratch(), 0, 0
+    for i, piece in enumerate(pieces):  # chunks of about _CHUNK_CHARS: the work arrays stay in cache
+        size += len(piece)
+        if size >= _CHUNK_CHARS or i + 1 == len(pieces):
+            sig[lo : i + 1] = _sketch(pieces[lo : i + 1], whole[lo : i + 1], mult, scratch)
+            lo, size = i + 1, 0
+    if len(pieces) > len(texts):
+        sig = np.minimum.reduceat(sig, first, axis=0)  # a split text: the minimum over its pieces
+    _densify(sig, sig != _EMPTY, walk)
+    return sig
 
 
 def _miss_probability(disagree: int, rows: int) -> float:
