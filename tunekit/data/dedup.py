@@ -225,8 +225,8 @@ def _short_grams(norm: np.ndarray, begin: np.ndarray, end: np.ndarray, whole: np
     """(text index, hash) for whole texts under five characters: each is one gram of
     itself. The length term keeps it apart from real 5-grams and makes "" seed-dependent."""
     short = np.flatnonzero((end - begin < SHINGLE) & whole)
-    raw = [sum(int(c) * int(m) for c, m in zip(norm[begin[t] : end[t]], mult)) + (int(end[t] - begin[t]) + 1) * int(mult[SHINGLE])
-           for t in short]
+    raw = [sum(int(c) * int(m) for c, m in zip(norm[begin[t] : end[t]], mult))
+           + (int(end[t] - begin[t]) + 1) * int(mult[SHINGLE]) for t in short]
     h = np.array(raw, dtype=np.uint64).astype(np.uint32) if raw else np.empty(0, dtype=np.uint32)
     _mix32(h, np.empty_like(h))
     return short, h
@@ -404,7 +404,9 @@ def _identical_rows(sigs: np.ndarray) -> np.ndarray:
     n = len(sigs)
     weights = np.random.default_rng(_LAYOUT_SEED).integers(0, 1 << 63, NUM_PERM // 2, dtype=np.uint64) | np.uint64(1)
     words = sigs.view(np.uint64)
-    h = np.concatenate([(words[lo : lo + _PAIR_CHUNK] * weights).sum(axis=1) for lo in range(0, n, _PAIR_CHUNK)] or [np.empty(0, np.uint64)])
+    h = np.zeros(n, dtype=np.uint64)
+    for lo in range(0, n, _PAIR_CHUNK):  # a linear hash of each row: any difference changes it
+        h[lo : lo + _PAIR_CHUNK] = (words[lo : lo + _PAIR_CHUNK] * weights).sum(axis=1)
     packed = np.sort(h)
     dup_hash = np.unique(packed[1:][packed[1:] == packed[:-1]])
     rep = np.arange(n)
