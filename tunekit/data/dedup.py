@@ -405,7 +405,7 @@ def _identical_rows(sigs: np.ndarray) -> np.ndarray:
     weights = np.random.default_rng(_LAYOUT_SEED).integers(0, 1 << 63, NUM_PERM // 2, dtype=np.uint64) | np.uint64(1)
     words = sigs.view(np.uint64)
     h = np.zeros(n, dtype=np.uint64)
-    for lo in range(0, n, _PAIR_CHUNK):  # a linear hash of each row: any difference changes it
+    for lo in range(0, n, _PAIR_CHUNK):  # a linear hash per row: equal rows collide, others almost never
         h[lo : lo + _PAIR_CHUNK] = (words[lo : lo + _PAIR_CHUNK] * weights).sum(axis=1)
     packed = np.sort(h)
     dup_hash = np.unique(packed[1:][packed[1:] == packed[:-1]])
