@@ -31,6 +31,7 @@ test: setup
 # Benchmarks are not tests: they measure this machine and write bench/results/.
 bench: setup
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/prepare_100k.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,8 @@ class _Pass1:
         self.dups: list[tuple[Reject, tuple[str, int]]] = []
         self.bos = special_ids(tokenizer)[0] is not None
         self.documents = self.chunks = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.inflight = None
 
     def reject(self, r: Reject) -> None:
         self.reasons[r.reason] += 1
@@ -75,10 +78,30 @@ class _Pass1:
         pending.append(rec)
 
     def flush(self, pending: list[Record]) -> None:
-        """Measure, filter by length, sign and spool a batch of records."""
-        units: list[tuple[Record, list[dict], list[int]]] = []
+        """Start tokenising a batch on the worker thread, then finish the batch before it.
+
+        The Rust tokenizer releases the GIL, so batch k is tokenised while this thread
+        filters, signs and spools batch k-1 and reads batch k+1.
+        """
         chats = [r for r in pending if r.text is None]
-        for rec, n in zip(chats, self._lengths(chats)):
+        limit = self.cfg.data.max_length * CHARS_PER_TOKEN_MAX
+        texts = [render(self.tok, r.messages) for r in chats]
+        short = [i for i, t in enumerate(texts) if len(t) <= limit]
+        future = self.pool.submit(token_counts, self.tok, [texts[i] for i in short])
+        self.finish()
+        self.inflight = (pending, chats, short, future)
+
+    def finish(self) -> None:
+        """Length-filter, sign and spool the batch in flight, if any."""
+        if self.inflight is None:
+            return
+        pending, chats, short, future = self.inflight
+        self.inflight = None
+        lengths: list[int | None] = [None] * len(chats)  # None: far longer than max_length
+        for i, n in zip(short, future.result()):
+            lengths[i] = n + self.bos
+        units: list[tuple[Record, list[dict], list[int]]] = []
+        for rec, n in zip(chats, lengths):
             rec, n = self._fit(rec, n)
             if rec is not None:
                 units.append((rec, [rec.row()], [n]))
@@ -102,15 +125,6 @@ class _Pass1:
             for row in rows:
                 self.spool.write(json.dumps({"u": u, "row": row}, ensure_ascii=False) + "\n")
 
-    def _lengths(self, chats: list[Record]) -> list[int | None]:
-        limit = self.cfg.data.max_length * CHARS_PER_TOKEN_MAX
-        texts = [render(self.tok, r.messages) for r in chats]
-        short = [i for i, t in enumerate(texts) if len(t) <= limit]
-        out: list[int | None] = [None] * len(chats)
-        for i, n in zip(short, token_counts(self.tok, [texts[i] for i in short])):
-            out[i] = n + self.bos
-        return out
-
     def _fit(self, rec: Record, n: int | None) -> tuple[Record | None, int]:
         """Apply data.over_length to a conversation of n tokens (None: far too long)."""
         limit = self.cfg.data.max_length
@@ -131,8 +145,11 @@ class _Pass1:
                 self.actions["exchanges_dropped"] += dropped
                 return Record(msgs, rec.line, rec.source, rec.extra), n
         size = f"{n} tokens" if n is not None else f"{sum(len(m['content']) for m in rec.messages)} characters"
-        fix = "shorten it, raise data.max_length" + (", or set data.over_length: truncate_history" if self.cfg.data.over_length == "drop" else "")
-        self.reject(Reject(rec.line, rec.source, "over_long", f"{size} > data.max_length {limit} even after dropping older turns" if self.cfg.data.over_length != "drop" else f"{size} > data.max_length {limit}; {fix}", rec.row()))
+        if self.cfg.data.over_length == "drop":
+            detail = f"{size} > data.max_length {limit}; shorten it, raise data.max_length, or set data.over_length: truncate_history"
+        else:
+            detail = f"{size} > data.max_length {limit} even after dropping older turns; shorten its last exchange or raise data.max_length"
+        self.reject(Reject(rec.line, rec.source, "over_long", detail, rec.row()))
         return None, 0
 
 
@@ -162,6 +179,7 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
     notes: list[str] = []
     formats: Counter = Counter()
     spool_path = data_dir / ".spool.jsonl"
+    p1 = None
     try:
         with atomic.open_write(data_dir / "rejects.jsonl") as rej, open(spool_path, "w", encoding="utf-8") as spool:
             p1 = _Pass1(cfg, tokenizer, spool, rej)
@@ -176,12 +194,15 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
                     p1.flush(pending)
                     pending = []
             p1.flush(pending)
+            p1.finish()
             if total == 0:
                 raise DataError(f"{cfg.data.train} contains no records")
             spool.close()
             report = _pass2(cfg, data_dir, p1, spool_path)
     finally:
         spool_path.unlink(missing_ok=True)
+        if p1 is not None:
+            p1.pool.shutdown(cancel_futures=True)
 
     invalid = sum(n for r, n in p1.reasons.items() if r not in DUPLICATE_REASONS)
     report = {
