@@ -94,6 +94,8 @@ def _prepare(cfg: Config, run_dir: Path, **_) -> dict:
     report = prepare(cfg, run_dir / "data", load_tokenizer(_resolve_model(cfg)))
     console.print(f"kept {report['kept']} of {report['lines_read']} records (train {report['train']}, valid {report['valid']}); "
                   f"rejected {report['rejected']}: {report['rejects_by_reason']}")
+    for note in report["notes"]:
+        console.print(f"[yellow]note[/] {note}")
     return report
 
 

@@ -125,6 +125,11 @@ def build_report(run_dir: Path) -> Path:
     md += ["## Data", "", f"- lines read: {data.get('lines_read')}, kept: {data.get('kept')} "
            f"(train {data.get('train')}, valid {data.get('valid')}), rejected: {data.get('rejected')}"]
     md += [f"- rejected because {k}: {v}" for k, v in data.get("rejects_by_reason", {}).items()]
+    if data.get("cleaning"):
+        md += ["- cleaning: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["cleaning"].items())]
+    if data.get("split", {}).get("moved_to_train"):
+        md += [f"- moved to training so that similar records sit on one side of the split: {data['split']['moved_to_train']}"]
+    md += [f"- note: {n}" for n in data.get("notes", [])]
     if "eval" in data:
         md += [f"- held-out questions: {data['eval']['items']} (found verbatim in training: {data['eval']['leaked_into_train']})"]
     md += ["", "## Training cost", ""]
