@@ -117,7 +117,8 @@ def _cmd_data(args) -> int:
 
     from tunekit import atomic
     from tunekit.config import load_config
-    from tunekit.data.inspect import histogram_png, inspect_data, render_text
+    from tunekit.data.inspect import inspect_data
+    from tunekit.data.inspect_view import histogram_png, render_text
     from tunekit.errors import ConfigError
     from tunekit.models import DEFAULT_MODEL, resolve
     from tunekit.models.loading import load_tokenizer

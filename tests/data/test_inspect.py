@@ -5,14 +5,14 @@ clusters, the warnings, the histogram PNG, and the command line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from helpers import write_jsonl
 from tunekit.cli import main
 from tunekit.data import inspect as insp
-from tunekit.data.inspect import histogram_png, inspect_data, render_text
+from tunekit.data.inspect import inspect_data
+from tunekit.data.inspect_view import histogram_png, render_text
 from tunekit.data.prepare import token_counts
 from tunekit.data.records import load_records
 from tunekit.data.template import tokenize_chat

@@ -17,22 +17,20 @@ which is not known until the end of the stream.
 
 from __future__ import annotations
 
-import io
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from tunekit import atomic
 from tunekit.data import dedup
 from tunekit.data.documents import special_ids
 from tunekit.data.formats import SIGNATURES
-from tunekit.data.prepare import token_counts
+from tunekit.data.inspect_view import short
 from tunekit.data.records import ROLES, Cleaner, Record, Reject, iter_records
+from tunekit.data.stats import length_histogram, percentiles, token_counts
 from tunekit.data.template import check_train_on, missing_bos, render, tokenize_chat
 from tunekit.errors import ConfigError, DataError
 
@@ -46,30 +44,6 @@ SAME_ANSWER_SHARE = 0.10
 MAX_PROMPTS = 1_000
 """Distinct system prompts remembered; a file with one per record must not hold them all."""
 SHOW = 5
-BINS = 40
-
-
-def percentiles(values: Sequence[int]) -> dict:
-    """count, p50/p90/p99 (nearest rank), max and mean of a list of counts."""
-    if len(values) == 0:
-        return {"count": 0}
-    s = np.sort(np.asarray(values))
-    pick = lambda q: int(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))])  # noqa: E731
-    return {"count": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": int(s[-1]),
-            "mean": round(float(s.mean()), 1)}
-
-
-def length_histogram(lengths: Sequence[int], max_length: int = 0, bins: int = BINS) -> dict:
-    """Counts of lengths in `bins` equal integer-width bins from 0 to a little past
-    max(p99, max_length); longer outliers are counted in `overflow`, so one 50,000-token
-    record does not squeeze every other example into the first bin."""
-    arr = np.asarray(lengths, dtype=np.int64)
-    cut = max(percentiles(arr).get("p99", 0), max_length, 1)
-    width = math.ceil(cut * 1.1 / bins)
-    edges = list(range(0, width * (bins + 1), width))
-    counts = np.histogram(arr[arr <= edges[-1]], bins=edges)[0].tolist()
-    return {"edges": edges, "counts": counts, "overflow": int((arr > edges[-1]).sum()),
-            "longest": int(arr.max()) if arr.size else 0, "max_length": max_length}
 
 
 @dataclass
@@ -319,11 +293,6 @@ def _supervised_summary(scan: _Scan) -> dict:
             "train_on": scan.train_on}
 
 
-def _short(text: str, n: int = 70) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= n else one[: n - 3] + "..."
-
-
 def _warnings(r: dict) -> list[str]:
     """What to fix before training, most serious first."""
     w = []
@@ -346,7 +315,7 @@ def _warnings(r: dict) -> list[str]:
     answers = r["answers"]["distinct_conversations_answers"]
     if top and top[0]["count"] >= 3 and top[0]["count"] >= SAME_ANSWER_SHARE * answers:
         w.append(f"the same assistant answer is {top[0]['count']:,} of {answers:,} answers "
-                 f"({top[0]['count'] / answers:.0%}): \"{_short(top[0]['text'])}\"; a model trained on this "
+                 f"({top[0]['count'] / answers:.0%}): \"{short(top[0]['text'])}\"; a model trained on this "
                  "learns to say it whatever the question")
     over = r["tokens"]["over_max_length"]
     if over["count"]:
@@ -372,91 +341,3 @@ def _warnings(r: dict) -> list[str]:
             w.append(f"{d['extra_copies']:,} {label} copies in {d['clusters']:,} clusters (largest {d['largest'][0]}; "
                      f"e.g. {ex['pair'][0]} and {ex['pair'][1]}); prepare keeps one of each")
     return w
-
-
-def render_text(report: dict) -> str:
-    """A human-readable summary: the warnings first, then every measurement."""
-    r, s = report, report["settings"]
-    out = [f"{r['source']}  (model {r['model']}, max_length {s['max_length']}, train_on {s['train_on']})", ""]
-    out += ["Warnings:"] + [f"  ! {x}" for x in r["warnings"]] if r["warnings"] else ["No warnings."]
-    rec = r["records"]
-    out += ["", f"Records: {rec['read']:,} read, {rec['valid']:,} valid ({rec['conversations']:,} conversations, "
-                f"{rec['documents']:,} documents), {rec['distinct']:,} distinct, {rec['rejected']:,} rejected"]
-    out += [f"  rejected {k}: {v:,}" for k, v in r["rejects"]["by_reason"].items()]
-    out += [f"    {e['where']}  {e['reason']}: {e['detail']}" for e in r["rejects"]["examples"]]
-    out += [f"Formats: {', '.join(f'{k} {v:,}' for k, v in r['formats'].items())}"] + [f"  note: {n}" for n in r["notes"]]
-    t = r["turns"]
-    if t["count"]:
-        out.append(f"Assistant turns per conversation: p50 {t['p50']}, p90 {t['p90']}, max {t['max']}; "
-                   f"{t['multi_turn']:,} multi-turn")
-    out += ["", f"{'Tokens':<34}{'count':>9}{'p50':>7}{'p90':>7}{'p99':>7}{'max':>7}{'total':>12}"]
-    rows = [(f"  {k} (content)", v) for k, v in r["tokens"]["by_role"].items()]
-    rows.append(("  example (rendered by template)", r["tokens"]["example"]))
-    for label, v in rows:
-        if v["count"]:
-            out.append(f"{label:<34}{v['count']:>9,}{v['p50']:>7}{v['p90']:>7}{v['p99']:>7}{v['max']:>7}{v['total']:>12,}")
-    out.append(f"  over max_length {s['max_length']}: {r['tokens']['over_max_length']['count']:,}"
-               + (f"; documents to be chunked: {r['tokens']['documents_chunked']:,}" if rec["documents"] else ""))
-    sup, pe = r["supervised"], r["per_epoch"]
-    how = f"estimated from a random sample of {sup['sample']:,} conversations" if sup["estimated"] else "exact"
-    per = sup["per_example"]
-    out.append(f"Supervised tokens ({sup['train_on']}, {how}): {sup['total']:,} = {sup['share']:.0%} of all tokens"
-               + (f"; per conversation p50 {per['p50']}, p90 {per['p90']}, max {per['max']}" if per["count"] else ""))
-    epochs = f"{pe['epochs']:g} epoch" + ("" if pe["epochs"] == 1 else "s")
-    out.append(f"Per epoch: {pe['tokens']:,} tokens, {pe['supervised']:,} supervised; for {epochs}: "
-               f"{pe['tokens_all_epochs']:,} tokens, {pe['supervised_all_epochs']:,} supervised "
-               "(all valid records; prepare drops duplicates and over-long ones and holds some out)")
-    out.append("")
-    for kind, label in (("exact", "Exact duplicates"), ("near", f"Near duplicates (Jaccard >= {r['duplicates']['near']['threshold']})")):
-        d = r["duplicates"][kind]
-        out.append(f"{label}: {d['clusters']:,} clusters, {d['extra_copies']:,} extra copies"
-                   + (f"; largest {', '.join(map(str, d['largest']))}" if d["largest"] else ""))
-        out += [f"    {e['pair'][0]} ~ {e['pair'][1]}" + (f" ({e['similarity']})" if "similarity" in e else "")
-                + f"  (cluster of {e['size']})" for e in d["examples"]]
-    sp = r["system_prompts"]
-    out.append(f"System prompts: {sp['with']:,} of {r['records']['conversations']:,} conversations have one; "
-               f"{sp['distinct']:,} distinct")
-    out += [f"  {p['count']:>7,} x \"{_short(p['text'])}\"" for p in sp["top"]]
-    out.append("Most repeated answers (distinct conversations):" + ("" if r["answers"]["most_repeated"] else " none"))
-    out += [f"  {a['count']:>7,} x \"{_short(a['text'])}\"" for a in r["answers"]["most_repeated"]]
-    return "\n".join(out) + "\n"
-
-
-def histogram_png(data: dict | Sequence[int], out_path: str | Path, max_length: int = 0) -> Path:
-    """Histogram of rendered example lengths, from a report (or its histogram) or from raw
-    lengths; a dashed line at max_length; log-scaled counts when a few bins dwarf the rest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(data, dict):
-        hist = data["tokens"]["histogram"] if "tokens" in data else data
-    else:
-        hist = length_histogram(list(data), max_length)
-    edges, counts, limit = hist["edges"], hist["counts"], hist.get("max_length") or 0
-    over, width = hist.get("overflow", 0), edges[1] - edges[0]
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    if sum(counts) + over:
-        ax.bar(edges[:-1], counts, width=width, align="edge", color="C0", edgecolor="white", linewidth=0.3)
-        if over:
-            ax.bar([edges[-1] + width], [over], width=width, align="edge", color="C1",
-                   label=f"longer than {edges[-1]} (up to {hist['longest']})")
-        nonzero = [c for c in [*counts, over] if c]
-        if max(nonzero) >= 20 * float(np.median(nonzero)):  # skewed: rare lengths would be invisible
-            ax.set_yscale("log")
-    else:
-        ax.text(0.5, 0.5, "no valid examples", ha="center", va="center", transform=ax.transAxes)
-    if limit:
-        ax.axvline(limit, color="C3", linestyle="--", label=f"max_length {limit}")
-    if limit or over:
-        ax.legend()
-    ax.set_xlabel("tokens per example (rendered with the model's chat template)")
-    ax.set_ylabel("examples")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic.write_bytes(out_path, buf.getvalue())
-    return Path(out_path)

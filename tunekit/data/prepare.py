@@ -27,6 +27,7 @@ from tunekit.data import dedup
 from tunekit.data.documents import chunk_document, special_ids
 from tunekit.data.records import DUPLICATE_REASONS, Cleaner, Record, Reject, iter_records, load_records
 from tunekit.data.split import split_groups
+from tunekit.data.stats import percentiles, token_counts
 from tunekit.data.template import render
 from tunekit.errors import DataError
 
@@ -153,24 +154,6 @@ class _Pass1:
         return None, 0
 
 
-def token_counts(tokenizer, texts: list[str]) -> list[int]:
-    """Token count of each text, batched on the Rust tokenizer (both cores, no id lists)."""
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def _percentiles(values: list[int]) -> dict:
-    if not values:
-        return {}
-    s = np.sort(np.asarray(values))
-    pick = lambda q: int(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))])  # noqa: E731
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": int(s[-1]), "mean": round(float(s.mean()), 1)}
-
-
 def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
     """Run the prepare stage; returns the data report (also written to data_report.json)."""
     data_dir = Path(data_dir)
@@ -216,7 +199,7 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
         "rejected_invalid": invalid,
         "rejects_by_reason": dict(sorted(p1.reasons.items())),
         "cleaning": dict(sorted((clean.counts + p1.actions).items())),
-        "tokens": {"per_row": _percentiles(p1.kept.row_tokens), "total": int(sum(p1.kept.row_tokens))},
+        "tokens": {"per_row": percentiles(p1.kept.row_tokens), "total": int(sum(p1.kept.row_tokens))},
     }
     if p1.documents:
         report["documents"] = {"documents": p1.documents, "chunks": p1.chunks, "overlap_tokens": cfg.data.chunk_overlap}

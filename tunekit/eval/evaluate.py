@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tunekit import atomic
 from tunekit.config import Config
-from tunekit.data.records import load_records
 from tunekit.data.batches import load_examples
+from tunekit.data.records import load_records
 from tunekit.eval.fewshot import ShotIndex, few_shot_messages
 from tunekit.eval.generate import greedy_answers
 from tunekit.eval.metrics import accuracy, paired_bootstrap, states_facts
