@@ -134,3 +134,32 @@ def test_settings_without_effect_do_not_invalidate_stages(tmp_path, tiny_model_d
     assert stage_hash(base, "train") == stage_hash(quiet, "train")
     assert stage_hash(base, "train") != stage_hash(louder, "train")
     assert stage_hash(base, "prepare") == stage_hash(louder, "prepare")
+
+
+def test_documents_and_alpaca_csv_run_end_to_end(tiny_model_dir, tmp_path):
+    """Domain-adaptation documents and an Alpaca CSV each train through `tunekit run`;
+    few-shot is skipped when the training data holds no conversations to show."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"page{i}.md").write_text(f"# Page {i}\n\n" + f"Loomquay feature {i} retries failed runs. " * 30)
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("question,context,answer\n" + "".join(f'"What is plan {i}?",,"Plan {i} costs {i} dollars."\n' for i in range(30)))
+    mp = offline_env(tmp_path)
+    try:
+        for name, data in (("docs", {"train": str(docs), "max_length": 96, "chunk_overlap": 8}),
+                           ("csv", {"train": str(csv_path), "columns": {"instruction": "question", "input": "context", "output": "answer"}})):
+            cfg = tiny_run_config(tmp_path / f"cfg-{name}", tiny_model_dir, 4, n_eval=2, name=name)
+            cfg["data"] = {**cfg["data"], **data}
+            code = main(["run", str(write_config(tmp_path / f"{name}.yaml", cfg)), "--runs-dir", str(tmp_path / "runs")])
+            assert code == 0, name
+            report = json.loads((tmp_path / "runs" / name / "data" / "data_report.json").read_text())
+            scores = json.loads((tmp_path / "runs" / name / "eval" / "scores.json").read_text())
+            if name == "docs":
+                assert report["formats"] == {"text": 6} and report["documents"]["chunks"] > 6
+                assert "few_shot" not in scores["fact_accuracy"]
+            else:
+                assert report["formats"] == {"alpaca": 30} and report["kept"] == 30
+                assert "few_shot" in scores["fact_accuracy"]
+    finally:
+        mp.undo()

@@ -55,8 +55,9 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         losses["base"] = evaluate_loss(model, valid_ex, pad, bs)
     if questions and "base" in cfg.eval.contenders:
         answers["base"] = greedy_answers(model, tokenizer, questions, new, bs, "eval base")
-    if questions and "few_shot" in cfg.eval.contenders and cfg.eval.few_shot_k > 0:
-        index = ShotIndex([r.messages for r in train_records])
+    shots = [r.messages for r in train_records if r.messages]  # documents are no examples to show
+    if questions and shots and "few_shot" in cfg.eval.contenders and cfg.eval.few_shot_k > 0:
+        index = ShotIndex(shots)
         prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
         answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
     if "tuned" in cfg.eval.contenders:
