@@ -79,15 +79,23 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    kind: Literal["lora", "full"] = "lora"
+    kind: Literal["lora", "dora", "rslora", "full"] = "lora"
+    """lora; dora (weight-decomposed LoRA); rslora (LoRA scaled by alpha/sqrt(r)); full (the weights themselves)."""
     r: int = Field(16, gt=0)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+    """all-linear, a list of module names (q_proj, ...), or one regex matched against full module names."""
     lora_plus_ratio: float | None = Field(None, ge=1.0)
     """LoRA+: B matrices learn this many times faster than A (the paper suggests 16)."""
     layers: str | None = None
     """Which transformer blocks train: null (all), "last:K", or a range "A-B" (inclusive)."""
+    train_embeddings: bool = False
+    """Also train the input embeddings (LoRA: saved whole with the adapter; full: with chosen layers)."""
+    train_lm_head: bool = False
+    """Also train the output layer (tied to the embeddings in many small models)."""
+    parameters: list[str] = []
+    """full only: regexes of parameter names that train; nothing else does (replaces layers)."""
 
     @field_validator("layers")
     @classmethod
@@ -112,6 +120,18 @@ class TrainConfig(_Section):
     """Checkpoint every N optimiser steps (0: only at the end)."""
     keep_last: int = Field(2, gt=0)
     log_every: int = Field(5, gt=0)
+    eval_every: int = Field(0, ge=0)
+    """Held-out loss every N optimiser steps (0: only at the end)."""
+    early_stopping_patience: int = Field(0, ge=0)
+    """Stop after this many evaluations without a better held-out loss (0: never)."""
+    keep_best: bool = True
+    """Keep the checkpoint with the best held-out loss besides the last keep_last."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast with fp32 master weights, or fp32; auto picks bf16 where the hardware multiplies it fast."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files under <run>/tensorboard (needs the tensorboard package)."""
     threads: int | None = Field(None, gt=0)
 
 
@@ -140,7 +160,13 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         if self.method.kind == "full" and self.method.target_modules != "all-linear":
-            raise ValueError("method.target_modules applies to lora only; for full use method.layers")
+            raise ValueError("method.target_modules applies to LoRA methods only; for full use method.layers or method.parameters")
+        if self.method.parameters and self.method.kind != "full":
+            raise ValueError("method.parameters applies to kind full; LoRA methods choose modules with method.target_modules")
+        if self.method.parameters and self.method.layers:
+            raise ValueError("method.parameters and method.layers both choose what trains; set one of them")
+        if self.train.early_stopping_patience and not self.train.eval_every:
+            raise ValueError("train.early_stopping_patience needs train.eval_every > 0 (how often to measure the held-out loss)")
         return self
 
 
