@@ -22,8 +22,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lora_plus_ratio: fl
     else:
         groups = [{"params": [p for _, p in named], "lr": cfg.lr}]
     # foreach batches the per-parameter update into a few kernels: on CPU it is the
-    # fastest AdamW implementation torch has for many small LoRA tensors.
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # fastest AdamW implementation torch has for many small LoRA tensors. On CUDA the
+    # fused kernel (the whole update in one launch) is faster still.
+    fast = {"fused": True} if named and named[0][1].is_cuda else {"foreach": True}
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
