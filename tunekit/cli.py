@@ -23,14 +23,21 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     return p
 
 
+def _resume_flags(p: argparse.ArgumentParser) -> None:
+    """--resume / --no-resume for stages that train; resuming is the default either way."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint of this config (the default; a killed run ends as an uninterrupted one would)")
+    g.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and train from the start")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunekit", description="Fine-tune an open language model on your data, and prove it helped.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    _stage_parser(sub, "run", "prepare -> train -> eval -> report (-> export when export.formats is set)")
+    _resume_flags(_stage_parser(sub, "run", "prepare -> train -> eval -> report (-> export when export.formats is set)"))
     _stage_parser(sub, "prepare", "validate, clean, dedupe and split the data")
-    p = _stage_parser(sub, "train", "fine-tune (resumes from the last checkpoint)")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    _resume_flags(_stage_parser(sub, "train", "fine-tune (resumes from the last checkpoint)"))
     _stage_parser(sub, "eval", "score base, few-shot and tuned models on held-out data")
     _stage_parser(sub, "report", "write report.md and report.html")
     _stage_parser(sub, "export", "write export.formats (adapter, merged) under the run's export/")
@@ -60,15 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_stage(args) -> int:
     from tunekit import pipeline
     from tunekit.config import load_config
+    from tunekit.errors import ConfigError
     from tunekit.progress import console
 
+    if getattr(args, "resume", False) and args.force:
+        # --force deletes the checkpoints --resume asks to continue from.
+        raise ConfigError("--resume continues from the last checkpoint and --force starts over; give one of them")
     cfg = load_config(args.config, args.overrides)
     run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
+    resume = not getattr(args, "no_resume", False)
     if args.command == "run":
-        report = pipeline.run_all(cfg, run_dir, force=args.force)
+        report = pipeline.run_all(cfg, run_dir, force=args.force, resume=resume)
         _print_headline(run_dir, report)
         return 0
-    result = pipeline.run_stage(cfg, run_dir, args.command, force=args.force, resume=not getattr(args, "no_resume", False))
+    result = pipeline.run_stage(cfg, run_dir, args.command, force=args.force, resume=resume)
     if args.command == "report":
         _print_headline(run_dir, run_dir / "report.md")
     elif result is not None:

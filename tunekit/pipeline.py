@@ -64,11 +64,33 @@ def _resolve_model(cfg: Config) -> Path:
     return Path(resolve(cfg.model.base))
 
 
+# Stages that read the base model; report works from files the others wrote.
+_USES_MODEL = ("prepare", "train", "eval", "export")
+
+
+def check_model_limits(cfg: Config) -> None:
+    """Reject settings the resolved base model cannot honour, before a stage does any work.
+
+    The config alone cannot know the model's context, so this runs once the model is
+    resolved; config.json is read, the weights are not.
+    """
+    from tunekit.errors import ConfigError
+    from tunekit.models.catalog import read_context_length
+
+    limit = read_context_length(_resolve_model(cfg))
+    if limit is not None and cfg.data.max_length > limit:
+        raise ConfigError(f"data.max_length {cfg.data.max_length} exceeds {cfg.model.base}'s context of {limit} tokens; "
+                          f"lower data.max_length (at most {limit})")
+
+
 def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resume: bool = True) -> dict | None:
     """Run one stage unless it is already done with the same inputs."""
     if not force and is_done(cfg, run_dir, stage):
         console.print(f"[dim]{stage}: already done (use --force to redo)[/]")
         return None
+    if stage in _USES_MODEL:
+        # Before anything in the run folder changes: a bad config leaves the last good run intact.
+        check_model_limits(cfg)
     _invalidate_from(run_dir, stage)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -79,11 +101,12 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resum
     return result
 
 
-def run_all(cfg: Config, run_dir: Path, force: bool = False) -> Path:
+def run_all(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True) -> Path:
+    """Every stage in order, each skipped when already done; `resume` as for the train stage."""
     for stage in STAGES:
         if stage == "export" and not cfg.export.formats:
             continue
-        run_stage(cfg, run_dir, stage, force=force)
+        run_stage(cfg, run_dir, stage, force=force, resume=resume)
     return run_dir / "report.md"
 
 

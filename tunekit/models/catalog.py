@@ -97,6 +97,29 @@ def _has_chat_template(folder: Path) -> bool:
     return bool(cfg.get("chat_template"))
 
 
+# Where architectures record their longest sequence: Llama/Qwen/Mistral/Gemma, GPT-2,
+# Falcon-style and ChatGLM-style configs, GPT-J/MPT-style.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx", "max_seq_len")
+
+
+def context_length(config: dict[str, Any]) -> int | None:
+    """The longest sequence a model's config.json allows, or None when it does not say."""
+    text = config.get("text_config", config)  # multimodal configs nest the language model
+    for key in _CONTEXT_KEYS:
+        value = text.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def read_context_length(folder: Path) -> int | None:
+    """context_length() of the config.json in a model folder, reading no weights."""
+    try:
+        return context_length(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None  # an unreadable config fails later, where the model is loaded, with its own message
+
+
 def info(name: str) -> dict[str, Any]:
     """Architecture, size and provenance of a cached model or a local model folder."""
     folder = _locate(name)
@@ -114,7 +137,7 @@ def info(name: str) -> dict[str, Any]:
         "layers": text.get("num_hidden_layers") or text.get("n_layer"),
         "hidden_size": text.get("hidden_size") or text.get("n_embd"),
         "vocab_size": text.get("vocab_size"),
-        "context_length": text.get("max_position_embeddings") or text.get("n_positions"),
+        "context_length": context_length(config),
         "dtype": ",".join(dtypes) or config.get("dtype") or config.get("torch_dtype"),
         "chat_template": _has_chat_template(folder),
         "source": manifest["source"] if manifest else {"kind": "local-folder", "path": str(folder)},
