@@ -7,7 +7,6 @@ answer) and `eval/scores.json`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tunekit import atomic
@@ -19,15 +18,15 @@ from tunekit.eval.generate import greedy_answers
 from tunekit.eval.metrics import accuracy, paired_bootstrap, states_facts
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import console
-from tunekit.train.checkpoint import final_checkpoint
+from tunekit.train.checkpoint import tuned_checkpoint
 from tunekit.train.loop import evaluate_loss
 
 LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "fine-tuned"}
 
 
 def load_tuned(cfg: Config, run_dir: Path, base_model):
-    """The trained model from the run's final checkpoint, adapters merged for speed."""
-    ckpt = final_checkpoint(run_dir)
+    """The trained model from the run's best checkpoint (train.keep_best) or its final one, adapters merged for speed."""
+    ckpt, _ = tuned_checkpoint(run_dir)
     if (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -62,10 +61,9 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
     if "tuned" in cfg.eval.contenders:
         model = load_tuned(cfg, run_dir, model)
-        trained = json.loads((run_dir / "train_state.json").read_text())
         if valid_ex:
-            # The train stage already measured the final weights on this validation set.
-            losses["tuned"] = trained.get("valid_loss") or evaluate_loss(model, valid_ex, pad, bs)
+            # The train stage already measured these weights on this validation set.
+            losses["tuned"] = tuned_checkpoint(run_dir)[1] or evaluate_loss(model, valid_ex, pad, bs)
         if questions:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
 

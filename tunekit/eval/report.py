@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
 from tunekit import atomic
 from tunekit.eval.evaluate import LABELS
+from tunekit.train.metrics import read_metrics
+from tunekit.train.plot import loss_curve_png
 
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def verdict(scores: dict) -> str:
@@ -68,27 +57,6 @@ def headline(scores: dict) -> list[str]:
     return [verdict(scores), ""] + lines
 
 
-def loss_plot_png(metrics: list[dict]) -> bytes | None:
-    if not metrics:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="train loss")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("loss per supervised token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _examples(predictions: Path, limit: int = 5) -> list[dict]:
     """Questions where the contenders disagree on correctness: the instructive cases."""
     out = []
@@ -119,7 +87,7 @@ def build_report(run_dir: Path) -> Path:
     scores = _read_json(run_dir / "eval" / "scores.json")
     data = _read_json(run_dir / "data" / "data_report.json")
     train = _read_json(run_dir / "train_state.json")
-    metrics = _metrics(run_dir / "metrics.jsonl")
+    metrics = read_metrics(run_dir / "metrics.jsonl")
     md = ["# tunekit report: " + run_dir.name, ""] + headline(scores) + [""]
     md += ["## Held-out loss", ""] + [f"- {LABELS[k]}: {v:.4f}" for k, v in scores.get("valid_loss", {}).items()] + [""]
     md += ["## Data", "", f"- lines read: {data.get('lines_read')}, kept: {data.get('kept')} "
@@ -142,7 +110,7 @@ def build_report(run_dir: Path) -> Path:
         md += [f"- {LABELS[k]} ({'correct' if row['correct'].get(k) else 'wrong'}): {a}" for k, a in row["answers"].items()] + [""]
     md_text = "\n".join(md) + "\n"
     atomic.write_text(run_dir / "report.md", md_text)
-    atomic.write_text(run_dir / "report.html", _html(run_dir.name, md, loss_plot_png(metrics)))
+    atomic.write_text(run_dir / "report.html", _html(run_dir.name, md, loss_curve_png(metrics)))
     return run_dir / "report.md"
 
 
@@ -154,7 +122,7 @@ def _html(name: str, md_lines: list[str], plot: bytes | None) -> str:
         elif line.startswith("## "):
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
             if line == "## Training cost" and plot:
-                body.append(f'<img alt="training loss" src="data:image/png;base64,{base64.b64encode(plot).decode()}">')
+                body.append(f'<img alt="training and held-out loss" src="data:image/png;base64,{base64.b64encode(plot).decode()}">')
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:])}</li>")
         elif line:

@@ -1,5 +1,6 @@
 """Checkpoints: `checkpoints/step-N/` with weights (or adapter), optimiser, scheduler,
-RNG states and data position, written atomically; the last K are kept.
+RNG states and data position, written atomically; the last K are kept, and the one with
+the best held-out loss (named by the `best` field of each checkpoint's state.json).
 
 An adapter checkpoint is PEFT's own folder format (adapter_config.json +
 adapter_model.safetensors), so any checkpoint can be loaded by `peft` directly.
@@ -7,6 +8,7 @@ adapter_model.safetensors), so any checkpoint can be loaded by `peft` directly.
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import re
@@ -41,14 +43,29 @@ def final_checkpoint(run_dir: Path) -> Path:
     return run_dir / json.loads(state.read_text())["final_checkpoint"]
 
 
+def tuned_checkpoint(run_dir: Path) -> tuple[Path, float | None]:
+    """The checkpoint later stages evaluate, with the held-out loss training measured on it:
+    the best one when training kept it (train.keep_best), else the final one."""
+    final = final_checkpoint(run_dir)
+    state = json.loads((run_dir / "train_state.json").read_text())
+    if state.get("best_checkpoint"):
+        return run_dir / state["best_checkpoint"], state.get("best_valid_loss")
+    return final, state.get("valid_loss")
+
+
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def is_adapter(model) -> bool:
@@ -56,19 +73,37 @@ def is_adapter(model) -> bool:
 
 
 def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int) -> Path:
-    """Write checkpoint `step-N` atomically, then prune to the newest `keep_last`."""
+    """Write checkpoint `step-N` atomically, then prune to the newest `keep_last` and the
+    one `state["best"]` names (a step, or None)."""
     final = ckpt_root / f"step-{step}"
-    with atomic.directory(final) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-            tmp / "trainer_state.pt",
-        )
-        # state.json is written last inside the folder: a folder without it is not a checkpoint.
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-    for _, old in list_checkpoints(ckpt_root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        with atomic.directory(final) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+                tmp / "trainer_state.pt",
+            )
+            # state.json is written last inside the folder: a folder without it is not a checkpoint.
+            (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    except OSError as e:
+        raise CheckpointError(_write_failure(final, e)) from e
+    found = list_checkpoints(ckpt_root)
+    keep = {s for s, _ in found[-keep_last:]} | {state.get("best")}
+    for s, old in found:
+        if s not in keep:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_failure(final: Path, e: OSError) -> str:
+    """What went wrong writing `final`, and that the checkpoint before it is untouched."""
+    before = [p for _, p in list_checkpoints(final.parent) if p != final]
+    kept = (f"the previous checkpoint {before[-1]} is intact and a rerun resumes from it" if before
+            else "no earlier checkpoint exists, so a rerun starts over")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full: no space left to write checkpoint {final}; {kept}. "
+                f"Free space on the disk holding {final.parent} (or lower train.keep_last) and rerun.")
+    return f"cannot write checkpoint {final} ({e}); {kept}."
 
 
 def load(path: Path, model, optimizer, scheduler) -> dict:

@@ -3,13 +3,18 @@
 Each optimiser step takes `grad_accum` micro-batches; every micro-batch's loss is a
 sum over its supervised tokens divided by the supervised tokens of the *whole step*,
 so accumulated gradients equal those of one large batch.
+
+Around the step: the held-out loss every `eval_every` steps (early stopping, best
+checkpoint), checkpoints every `save_every` steps, and metrics. The side concerns live
+beside this file: compute.py (device, precision, activation checkpointing), heldout.py,
+checkpoint.py, metrics.py (metrics.jsonl, TensorBoard, memory) and plot.py (loss.png).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,9 +31,13 @@ from tunekit.errors import TunekitError
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import Bar, console
 from tunekit.train import checkpoint
+from tunekit.train.compute import FP32, Precision, choose_precision, enable_activation_checkpointing, pick_device
+from tunekit.train.heldout import HeldOut
 from tunekit.train.loss import supervised_loss_sum
 from tunekit.train.methods import apply_method
+from tunekit.train.metrics import MetricsLog, peak_memory_mb, read_metrics, require_tensorboard, truncate_metrics
 from tunekit.train.optim import make_optimizer, make_scheduler
+from tunekit.train.plot import write_loss_png
 
 
 class TrainingDiverged(TunekitError):
@@ -59,10 +68,6 @@ class Plan:
         return out
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def make_plan(cfg: Config, examples: list[Tokenized]) -> Plan:
     bpe = math.ceil(len(examples) / cfg.train.batch_size)
     steps = max(1, math.ceil(cfg.train.epochs * bpe / cfg.train.grad_accum))
@@ -78,7 +83,15 @@ def make_batch(examples: list[Tokenized], indices: list[int], pad_id: int, pack_
     return collate_packed(examples, indices, pack_to, pad_id) if pack_to else collate(examples, indices, pad_id)
 
 
-def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
+def to_device(b: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return b
+    move = {f.name: getattr(b, f.name) for f in dataclasses.fields(b) if isinstance(getattr(b, f.name), torch.Tensor)}
+    return dataclasses.replace(b, **{k: v.to(device, non_blocking=True) for k, v in move.items()})
+
+
+def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float,
+                   precision: Precision = FP32) -> tuple[float, float]:
     """One optimiser step over micro-batches; returns (loss per supervised token, grad norm).
 
     Each micro-batch's loss sum is divided by the supervised tokens of the whole step,
@@ -87,11 +100,15 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
     n_sup = max(sum(b.supervised for b in batches), 1)
     step_loss = 0.0
     for b in batches:
-        loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
+        b = to_device(b, params[0].device)
+        with precision.autocast():
+            loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
         (loss_sum / n_sup).backward()
         step_loss += float(loss_sum.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    if math.isfinite(step_loss):
+    # A non-finite loss or gradient would turn the weights into NaN: skip the update
+    # (the caller stops the run), so the weights in memory stay the last good ones.
+    if math.isfinite(step_loss) and math.isfinite(grad_norm):
         optimizer.step()
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -99,15 +116,18 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
 
 
 @torch.no_grad()
-def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | None = None) -> float:
+def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | None = None,
+                  precision: Precision = FP32) -> float:
     """Mean cross-entropy per supervised token over `examples` (packed into rows of `pack_to` if given)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for s in range(0, len(order), batch_size):
-        b = make_batch(examples, order[s : s + batch_size], pad_id, pack_to)
-        loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
+        b = to_device(make_batch(examples, order[s : s + batch_size], pad_id, pack_to), device)
+        with precision.autocast():
+            loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(count, 1)
@@ -117,92 +137,134 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.train.tensorboard:
+        require_tensorboard()  # now, not after the model has loaded
     train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer, cfg.data.train_on)
     valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer, cfg.data.train_on)
+    device = pick_device()
+    precision = choose_precision(cfg.train.precision, device)
+    console.print(f"[bold]precision[/] {precision.name} on {device.type}: {precision.reason}")
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
     console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
-    model.train()
+    if cfg.train.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     plan = make_plan(cfg, train_ex)
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind == "lora" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
     ckpt_root = run_dir / "checkpoints"
-    start, tokens_seen = _maybe_resume(ckpt_root, model, optimizer, scheduler, resume, config_hash)
+    start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, resume, config_hash)
+    heldout = HeldOut.from_state(state.get("heldout"), cfg.train.early_stopping_patience)
+    _warn_without_heldout(cfg, valid_ex)
     metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
+    truncate_metrics(metrics_path, start)
+    tokens_seen = int(state.get("tokens_seen", 0))
+
+    def save(step: int) -> Path:
+        best = heldout.best_step if cfg.train.keep_best else None  # pruning never removes it
+        kept = {"tokens_seen": tokens_seen, "config_hash": config_hash, "best": best, "heldout": heldout.state()}
+        return checkpoint.save(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last)
 
     pad = tokenizer.pad_token_id
     pack_to = cfg.data.max_length if cfg.data.packing else None
-    t0, tokens_at_start, last_loss = time.time(), tokens_seen, float("nan")
-    with Bar("train", plan.total_steps) as bar, open(metrics_path, "a") as log:
-        if start:
-            bar.update(start)
+    t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
+    with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log:
+        bar.update(start)
         for step in range(start, plan.total_steps):
+            if heldout.stopped_early:  # at the step before, or in the run this one resumes
+                break
             batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
-            last_loss, grad_norm = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm)
+            loss, grad_norm = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision)
             tokens_seen += sum(b.tokens for b in batches)
-            if not math.isfinite(last_loss):
-                raise TrainingDiverged(
-                    f"loss became {last_loss} at step {step + 1}; the last good checkpoint is kept in {ckpt_root}. "
-                    "Lower train.lr or check the data for broken records."
-                )
-            done = step + 1
-            rate = (tokens_seen - tokens_at_start) / max(time.time() - t0, 1e-9)
-            if done % cfg.train.log_every == 0 or done == plan.total_steps:
-                row = {"step": done, "epoch": round(done * plan.grad_accum / plan.batches_per_epoch, 3), "loss": round(last_loss, 5),
-                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4), "tokens": tokens_seen,
-                       "tokens_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb())}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            bar.update(1, info=f"loss {last_loss:.3f}  {rate:.0f} tok/s")
-            if cfg.train.save_every and done % cfg.train.save_every == 0 and done < plan.total_steps:
-                checkpoint.save(ckpt_root, done, model, optimizer, scheduler, {"tokens_seen": tokens_seen, "config_hash": config_hash}, cfg.train.keep_last)
+            done, last = step + 1, step + 1 == plan.total_steps
+            _stop_if_diverged("loss", loss, done, ckpt_root)
+            _stop_if_diverged("gradient norm", grad_norm, done, ckpt_root)
 
-    final = checkpoint.save(ckpt_root, plan.total_steps, model, optimizer, scheduler,
-                            {"tokens_seen": tokens_seen, "config_hash": config_hash}, cfg.train.keep_last)
-    valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to) if valid_ex else None
+            valid_loss, improved = None, False
+            if valid_ex and (last or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+                valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
+                _stop_if_diverged("held-out loss", valid_loss, done, ckpt_root)
+                improved = heldout.record(done, valid_loss)
+
+            rate = (tokens_seen - tokens_at_start) / max(time.time() - t0, 1e-9)
+            if done % cfg.train.log_every == 0 or last or valid_loss is not None:
+                row = {"step": done, "epoch": round(done * plan.grad_accum / plan.batches_per_epoch, 3),
+                       "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4),
+                       "tokens": tokens_seen, "tokens_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 1),
+                       **peak_memory_mb(device)}
+                log.write(row if valid_loss is None else {**row, "valid_loss": round(valid_loss, 5)})
+            shown = f"loss {loss:.3f}  {rate:.0f} tok/s" + (f"  held-out {valid_loss:.3f}" if valid_loss is not None else "")
+            bar.update(1, info=shown)
+
+            if heldout.stopped_early:
+                console.print(f"[yellow]early stopping[/] after step {done}: {heldout.why_stopped()}")
+            periodic = cfg.train.save_every and done % cfg.train.save_every == 0
+            if last or heldout.stopped_early or periodic or (improved and cfg.train.keep_best):
+                save(done)
+
+    final = ckpt_root / f"step-{done}"  # saved by the last step run, or the checkpoint resumed from
+    if valid_loss is None and valid_ex:  # resumed after the last step: measure the final weights again
+        valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
+    write_loss_png(run_dir / "loss.png", read_metrics(metrics_path))
+    best = ckpt_root / f"step-{heldout.best_step}" if cfg.train.keep_best and heldout.best_step else None
     result = {
         "final_checkpoint": str(final.relative_to(run_dir)),
+        "best_checkpoint": str(best.relative_to(run_dir)) if best else None,
         "method": cfg.method.kind,
         "trainable_params": summary.trainable,
         "total_params": summary.total,
-        "steps": plan.total_steps,
+        "steps": done,
+        "planned_steps": plan.total_steps,
+        "stopped_early": heldout.stopped_early,
+        "best_step": heldout.best_step,
+        "best_valid_loss": heldout.best_loss,
         "train_examples": len(train_ex),
         "tokens_seen": tokens_seen,
         "seconds": round(time.time() - t0, 1),
         "tokens_per_s": round((tokens_seen - tokens_at_start) / max(time.time() - t0, 1e-9), 1),
-        "final_train_loss": last_loss,
+        "final_train_loss": loss,
         "valid_loss": valid_loss,
-        "peak_rss_mb": round(peak_rss_mb()),
+        "precision": precision.name,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        **peak_memory_mb(device),
     }
     atomic.write_json(run_dir / "train_state.json", result)
     return result
 
 
-def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, resume: bool, config_hash: str) -> tuple[int, int]:
+def _stop_if_diverged(what: str, value: float, step: int, ckpt_root: Path) -> None:
+    """Stop with a clear message when `value` is NaN or infinite; no checkpoint is written after it."""
+    if math.isfinite(value):
+        return
+    found = checkpoint.list_checkpoints(ckpt_root)
+    kept = (f"the last good checkpoint {found[-1][1]} is kept" if found
+            else "no checkpoint had been written yet, so there is none to keep")
+    raise TrainingDiverged(f"training stopped: the {what} became {value} at step {step}; {kept} and nothing was saved "
+                           "from the broken weights. Lower train.lr (or check the data for broken records) and rerun.")
+
+
+def _warn_without_heldout(cfg: Config, valid_ex: list) -> None:
+    if not valid_ex and (cfg.train.eval_every or cfg.train.early_stopping_patience):
+        console.print("[yellow]note[/] no held-out examples (data/valid.jsonl is empty): "
+                      "no held-out loss, early stopping or best checkpoint in this run")
+
+
+def _tensorboard_dir(cfg: Config, run_dir: Path) -> Path | None:
+    return run_dir / "tensorboard" if cfg.train.tensorboard else None
+
+
+def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, resume: bool, config_hash: str) -> tuple[int, dict]:
+    """(step to continue after, that checkpoint's state); (0, {}) for a fresh start."""
     found = checkpoint.list_checkpoints(ckpt_root)
     if not found or not resume:
-        return 0, 0
+        return 0, {}
     step, path = found[-1]
     if config_hash and json.loads((path / "state.json").read_text()).get("config_hash") not in ("", config_hash):
         # Checkpoints of another config cannot be continued; keeping them would mix two runs.
         console.print(f"checkpoints in {ckpt_root} come from a different config; starting training over")
         shutil.rmtree(ckpt_root, ignore_errors=True)
-        return 0, 0
+        return 0, {}
     state = checkpoint.load(path, model, optimizer, scheduler)
     console.print(f"resuming from {path} (step {step})")
-    return step, int(state.get("tokens_seen", 0))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after `step`: a resumed run rewrites them."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue  # a line cut by a kill
-    atomic.write_text(path, "".join(line + "\n" for line in keep))
+    return step, state
