@@ -170,7 +170,8 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
     with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log:
-        bar.update(start)
+        if start:
+            bar.update(start)
         for step in range(start, plan.total_steps):
             if heldout.stopped_early:  # at the step before, or in the run this one resumes
                 break
