@@ -15,15 +15,15 @@ import torch
 from tunekit import atomic
 from tunekit.errors import CheckpointError
 from tunekit.progress import console
-from tunekit.train.checkpoint import final_checkpoint
+from tunekit.train.checkpoint import tuned_checkpoint
 
 MERGE_TOLERANCE = 1e-3
 _PROBE = [{"role": "user", "content": "Hello! Can you help me with my account?"}]
 
 
 def export_adapter(run_dir: Path, out: Path) -> Path:
-    """Copy the final adapter (adapter_config.json + adapter_model.safetensors) to `out`."""
-    ckpt = final_checkpoint(run_dir)
+    """Copy the scored adapter (best held-out loss if kept, else final; adapter_config.json + adapter_model.safetensors) to `out`."""
+    ckpt, _ = tuned_checkpoint(run_dir)  # the checkpoint the eval stage scored
     if not (ckpt / "adapter_config.json").is_file():
         raise CheckpointError(f"{ckpt} holds full weights, not an adapter; export it with format 'merged'")
     with atomic.directory(out) as tmp:
@@ -40,7 +40,7 @@ def export_merged(run_dir: Path, model_path: Path, tokenizer, out: Path) -> tupl
     from tunekit.data.template import prompt_ids
     from tunekit.models.loading import load_model
 
-    ckpt = final_checkpoint(run_dir)
+    ckpt, _ = tuned_checkpoint(run_dir)  # the checkpoint the eval stage scored
     ids = torch.tensor([prompt_ids(tokenizer, _PROBE)])
     if (ckpt / "adapter_config.json").is_file():
         model = PeftModel.from_pretrained(load_model(model_path, "float32"), str(ckpt)).eval()
