@@ -222,3 +222,4 @@ def test_sigkill_inside_checkpoint_writes_then_resume_matches_uninterrupted(refe
                          tmp_path / "resumed.log")
     assert _resumed_from(output) == 4
     _assert_same_as_reference(run_dir, reference)
+    assert not list((run_dir / "checkpoints").glob(".*.partial"))  # the killed writes' leftovers are cleared

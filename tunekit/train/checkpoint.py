@@ -87,6 +87,10 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
             (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     except OSError as e:
         raise CheckpointError(_write_failure(final, e)) from e
+    # A killed earlier write leaves its temporary folder (up to a whole model's size);
+    # this write succeeded, so none of them can be in use by this run any more.
+    for stale in ckpt_root.glob(".step-*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     found = list_checkpoints(ckpt_root)
     keep = {s for s, _ in found[-keep_last:]} | {state.get("best")}
     for s, old in found:
