@@ -15,6 +15,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untied_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with an LM head of its own (not tied to the embeddings)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-untied") / "model", tied=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from tunekit.models.loading import load_tokenizer
 

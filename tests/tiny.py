@@ -41,7 +41,7 @@ def build_tokenizer():
     return fast
 
 
-def build_model(vocab_size: int, layers: int = 2, seed: int = 0):
+def build_model(vocab_size: int, layers: int = 2, seed: int = 0, tied: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -49,14 +49,15 @@ def build_model(vocab_size: int, layers: int = 2, seed: int = 0):
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
     return LlamaForCausalLM(cfg)
 
 
-def save_tiny(path: Path, layers: int = 2) -> Path:
+def save_tiny(path: Path, layers: int = 2, tied: bool = True) -> Path:
+    """The tiny model and tokenizer as a plain HF folder; `tied`: the LM head shares the embeddings (as SmolLM2's does)."""
     tok = build_tokenizer()
-    model = build_model(len(tok), layers)
+    model = build_model(len(tok), layers, tied=tied)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(path)
     tok.save_pretrained(path)

@@ -93,9 +93,10 @@ class MethodConfig(_Section):
     train_embeddings: bool = False
     """Also train the input embeddings (LoRA: saved whole with the adapter; full: with chosen layers)."""
     train_lm_head: bool = False
-    """Also train the output layer (tied to the embeddings in many small models)."""
+    """Also train the output layer; where it is tied to the embeddings (SmolLM2, many small models) that trains them too."""
     parameters: list[str] = []
-    """full only: regexes of parameter names that train; nothing else does (replaces layers)."""
+    """full only: regexes searched in parameter names (e.g. "mlp\\.", "layers\\.2[0-9]\\."); only matching
+    parameters train, plus the embeddings / LM head when asked (replaces layers)."""
 
     @field_validator("layers")
     @classmethod

@@ -151,7 +151,7 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     plan = make_plan(cfg, train_ex)
-    optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind == "lora" else None)
+    optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
     ckpt_root = run_dir / "checkpoints"
     start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, resume, config_hash)
