@@ -103,7 +103,7 @@ def main() -> None:
         size_mb = data.stat().st_size / 1e6
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", CHILD, str(data), str(Path(tmp) / "out")],
-                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
+                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})  # as the CLI sets it
         wall = time.perf_counter() - t
         if out.returncode != 0:
             sys.exit(out.stderr[-3000:])
