@@ -162,6 +162,8 @@ class Config(_Section):
     def _cross_checks(self) -> "Config":
         if self.method.kind == "full" and self.method.target_modules != "all-linear":
             raise ValueError("method.target_modules applies to LoRA methods only; for full use method.layers or method.parameters")
+        if self.method.lora_plus_ratio and self.method.kind == "full":
+            raise ValueError("method.lora_plus_ratio applies to LoRA methods (B matrices); kind full has none")
         if self.method.parameters and self.method.kind != "full":
             raise ValueError("method.parameters applies to kind full; LoRA methods choose modules with method.target_modules")
         if self.method.parameters and self.method.layers:

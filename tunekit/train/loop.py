@@ -35,6 +35,7 @@ from tunekit.train.compute import FP32, Precision, choose_precision, enable_acti
 from tunekit.train.heldout import HeldOut
 from tunekit.train.loss import supervised_loss_sum
 from tunekit.train.methods import apply_method
+from tunekit.train.memory import print_memory_estimate
 from tunekit.train.metrics import MetricsLog, peak_memory_mb, read_metrics, require_tensorboard, truncate_metrics
 from tunekit.train.optim import make_optimizer, make_scheduler
 from tunekit.train.plot import write_loss_png
@@ -146,6 +147,7 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     console.print(f"[bold]precision[/] {precision.name} on {device.type}: {precision.reason}")
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
     console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
+    estimate = print_memory_estimate(model, cfg)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.to(device).train()
@@ -229,6 +231,7 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
         "precision": precision.name,
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
         **peak_memory_mb(device),
+        "estimated_peak_mb": round(estimate["total"] / 2**20),
     }
     atomic.write_json(run_dir / "train_state.json", result)
     return result
