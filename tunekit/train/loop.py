@@ -147,7 +147,9 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     console.print(f"[bold]precision[/] {precision.name} on {device.type}: {precision.reason}")
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
     console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
-    estimate = print_memory_estimate(model, cfg)
+    # Padded batches are never wider than the longest example; packed rows fill max_length.
+    widest = None if cfg.data.packing else max(len(e.input_ids) for e in train_ex)
+    estimate = print_memory_estimate(model, cfg, widest)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.to(device).train()

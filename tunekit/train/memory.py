@@ -84,12 +84,15 @@ def adapter_per_token(model, method_cfg: MethodConfig) -> int:
 
 
 def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, data_cfg: DataConfig,
-                    bf16: bool | None = None) -> dict:
+                    bf16: bool | None = None, length: int | None = None) -> dict:
     """Bytes a training step needs at its peak, by part, with a total and a one-line description.
 
     `bf16`: whether the forward runs under bf16 autocast; None resolves train.precision
-    for the device training will use, as the loop does.
+    for the device training will use, as the loop does. `length`: tokens per row of the
+    largest batch (the longest prepared example, which no padded batch exceeds); None
+    assumes data.max_length.
     """
+    length = min(length or data_cfg.max_length, data_cfg.max_length)
     if bf16 is None:
         bf16 = choose_precision(train_cfg.precision, pick_device()).dtype is torch.bfloat16
     params = list(model.parameters())  # unique tensors: a tied matrix once
@@ -103,10 +106,10 @@ def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, dat
     heads = int(c.num_attention_heads)
     # bf16 autocast keeps most saved activations in bf16; otherwise they have the weights' dtype.
     act_bytes = 2 if bf16 else params[0].element_size()
-    tokens = train_cfg.batch_size * data_cfg.max_length
+    tokens = train_cfg.batch_size * length
     blocks = _layers_with_gradient(model)
     adapters = adapter_per_token(model, method_cfg) // max(blocks, 1)  # spread over the blocks gradient runs through
-    per_block = tokens * (act_per_token(hidden, inter, heads, data_cfg.max_length) + adapters) * act_bytes
+    per_block = tokens * (act_per_token(hidden, inter, heads, length) + adapters) * act_bytes
     if train_cfg.gradient_checkpointing and blocks:
         activations = blocks * tokens * hidden * act_bytes + per_block
     else:
@@ -115,7 +118,7 @@ def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, dat
     total = weights + grads + optimizer + activations + logits
     parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations, "logits": logits}
     text = (f"{total / GIB:.2f} GiB estimated: " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items())
-            + f" (batch {train_cfg.batch_size} x {data_cfg.max_length} tokens, backward through {blocks} of "
+            + f" (batch {train_cfg.batch_size} x {length} tokens, backward through {blocks} of "
             f"{num_layers(model)} blocks{', gradient checkpointing' if train_cfg.gradient_checkpointing else ''})")
     return {**parts, "total": total, "layers_with_gradient": blocks, "description": text}
 
@@ -133,9 +136,9 @@ def _available_bytes() -> tuple[int, str] | None:
     return None
 
 
-def print_memory_estimate(model, cfg: Config) -> dict:
+def print_memory_estimate(model, cfg: Config, length: int | None = None) -> dict:
     """Print the estimate before training, beside the memory available; returns the estimate."""
-    est = estimate_memory(model, cfg.method, cfg.train, cfg.data)
+    est = estimate_memory(model, cfg.method, cfg.train, cfg.data, length=length)
     line = est["description"]
     avail = _available_bytes()
     if avail:
