@@ -224,11 +224,10 @@ def generate(spec: dict) -> dict:
 @torch.no_grad()
 def _hf_generate(model, prompts: list[list[int]], max_new_tokens: int, stop: set[int], pad_id: int) -> list[list[int]]:
     """`generate`, greedy, left-padded like tunekit's loop; each answer cut before its first stop token."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+    from tunekit.eval.generate import left_pad
+
+    ids, mask = left_pad(prompts, pad_id)
+    width = ids.shape[1]
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          num_beams=1, eos_token_id=sorted(stop), pad_token_id=pad_id, use_cache=True,
                          temperature=None, top_p=None, top_k=None)

@@ -27,17 +27,23 @@ def stop_ids(model, tokenizer) -> set[int]:
     return ids - {None}
 
 
-@torch.no_grad()
-def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: set[int], pad_id: int) -> list[list[int]]:
-    """Greedy continuation of each prompt, ending at (and excluding) a stop token."""
-    from transformers import DynamicCache
-
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) with every prompt right-aligned, so all rows continue at the last column."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, p in enumerate(prompts):
         ids[row, width - len(p) :] = torch.tensor(p)
         mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: set[int], pad_id: int) -> list[list[int]]:
+    """Greedy continuation of each prompt, ending at (and excluding) a stop token."""
+    from transformers import DynamicCache
+
+    ids, mask = left_pad(prompts, pad_id)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
