@@ -43,7 +43,6 @@ class Kept:
 
     lines: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
     sigs: list[np.ndarray] = field(default_factory=list)
     row_tokens: list[int] = field(default_factory=list)
 
@@ -121,7 +120,6 @@ class _Pass1:
             u = len(self.kept.lines)
             self.kept.lines.append(rec.line)
             self.kept.sources.append(rec.source)
-            self.kept.tokens.append(sum(lengths))
             self.kept.row_tokens.extend(lengths)
             for row in rows:
                 self.spool.write(json.dumps({"u": u, "row": row}, ensure_ascii=False) + "\n")
