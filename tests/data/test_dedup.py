@@ -9,8 +9,8 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import EXAMPLE
+
 from tunekit.data.dedup import NUM_PERM, conversation_key, exact_hash, find_near_duplicates, signatures, similar_groups
 from tunekit.data.records import load_records
 

@@ -8,8 +8,8 @@ import json
 from collections import Counter
 
 import pytest
-
 from helpers import write_jsonl
+
 from tunekit.data.formats import FormatError, detect, to_canonical
 from tunekit.data.records import iter_records, load_records
 

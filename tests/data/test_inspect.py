@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import write_jsonl
+
 from tunekit.cli import main
 from tunekit.data import inspect as insp
 from tunekit.data.inspect import inspect_data
 from tunekit.data.inspect_view import histogram_png, render_text
-from tunekit.data.prepare import token_counts
 from tunekit.data.records import load_records
+from tunekit.data.stats import token_counts
 from tunekit.data.template import tokenize_chat
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import ROOT, write_jsonl
+
 from tunekit.config import Config
 from tunekit.data import prepare as prepare_module
 from tunekit.data.prepare import prepare
@@ -252,13 +252,13 @@ def test_huge_line_load_records(huge_line_file):
 
 def test_huge_line_is_over_long_without_being_tokenised(huge_line_file, tiny_tokenizer, tmp_path, monkeypatch):
     seen: list[int] = []
-    count = prepare_module.token_counts
+    count = prepare_module.rendered_lengths
 
     def spy(tokenizer, texts):
         seen.extend(map(len, texts))
         return count(tokenizer, texts)
 
-    monkeypatch.setattr(prepare_module, "token_counts", spy)
+    monkeypatch.setattr(prepare_module, "rendered_lengths", spy)
     report = prepare(_cfg(huge_line_file, valid_fraction=0.0), tmp_path / "data", tiny_tokenizer)
     assert seen and max(seen) < 10_000  # the 50 MB text never reached the tokenizer
     assert [r["id"] for r in _jsonl(tmp_path / "data" / "train.jsonl")] == ["big-0", "big-2", "big-4"]

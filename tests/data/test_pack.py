@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
-
 from helpers import example_conversations, tiny_run_config
+
 from tunekit import pipeline
 from tunekit.config import Config
 from tunekit.data.batches import collate

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import EXAMPLE
+
 from tunekit.config import Config
 from tunekit.data.dedup import find_near_duplicates, signatures
 from tunekit.data.prepare import prepare

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from helpers import example_conversations, write_jsonl
+
 from tunekit.config import Config
 from tunekit.data.batches import load_examples
 from tunekit.data.documents import chunk_document, tokenize_text

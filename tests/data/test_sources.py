@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import ROOT, write_jsonl
+
 from tunekit.data.records import Record, load_records
 from tunekit.data.sources import iter_raw, sniff
 from tunekit.errors import DataError

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tiny import template_tokenizer
-from tunekit.data.template import IGNORE, prompt_ids, render, tokenize_chat
+
+from tunekit.data.template import IGNORE, prompt_ids, render, rendered_lengths, tokenize_chat
 from tunekit.errors import DataError, ModelError
 
 TEMPLATES = Path(__file__).parent.parent / "assets" / "templates"
@@ -193,6 +193,19 @@ def test_named_bos_the_tokenizer_never_adds_is_not_prepended(tiny_tokenizer):
     t = tokenize_chat(tiny_tokenizer, SINGLE)
     assert t.input_ids.count(tiny_tokenizer.bos_token_id) == 3
     assert prompt_ids(tiny_tokenizer, SINGLE[:1]).count(tiny_tokenizer.bos_token_id) == 3
+
+
+@pytest.mark.parametrize("case", ["llama3", "llama3-no-bos-in-template", "qwen2", "tiny"])
+def test_rendered_lengths_equal_tokenize_chat_lengths(case, tiny_tokenizer):
+    """prepare and inspect count tokens without the mask; the counts must be what training sees."""
+    if case == "tiny":
+        tok = tiny_tokenizer
+    elif case == "llama3-no-bos-in-template":
+        tok = family_tokenizer("llama3", (TEMPLATES / "llama3.jinja").read_text().replace("{{- bos_token }}", ""))
+    else:
+        tok = family_tokenizer(case)
+    convs = [SINGLE, SINGLE + [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Done."}]]
+    assert rendered_lengths(tok, [render(tok, m) for m in convs]) == [len(tokenize_chat(tok, m).input_ids) for m in convs]
 
 
 def test_prompt_ids_end_with_generation_prompt(tiny_tokenizer):

@@ -31,7 +31,7 @@ from tunekit.data.formats import SIGNATURES
 from tunekit.data.inspect_view import short
 from tunekit.data.records import ROLES, Cleaner, Record, Reject, iter_records
 from tunekit.data.stats import length_histogram, percentiles, token_counts
-from tunekit.data.template import check_train_on, missing_bos, render, tokenize_chat
+from tunekit.data.template import check_train_on, render, rendered_lengths, tokenize_chat
 from tunekit.errors import ConfigError, DataError
 
 BATCH = 2048
@@ -55,7 +55,6 @@ class _Scan:
     train_on: str
     max_length: int
     rng: random.Random
-    bos_extra: bool
     read: int = 0
     conversations: int = 0
     documents: int = 0
@@ -106,7 +105,7 @@ def inspect_data(path: str | Path, tokenizer, *, fmt: str = "auto", columns: dic
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root} not found; give a data file (JSONL, JSON, CSV, Parquet, text) or a folder of them")
-    scan = _Scan(tokenizer, root, train_on, max_length, random.Random(seed), missing_bos(tokenizer, []) is not None)
+    scan = _Scan(tokenizer, root, train_on, max_length, random.Random(seed))
     formats: Counter = Counter()
     notes: list[str] = []
     pending: list[Record] = []
@@ -145,9 +144,7 @@ def _batch(scan: _Scan, recs: list[Record], seed: int) -> None:
     for (role, _), n in zip(contents, token_counts(scan.tok, [c for _, c in contents])):
         scan.roles[role].append(n)
     texts = [render(scan.tok, r.messages) for r in chats]
-    for rec, text, n in zip(chats, texts, token_counts(scan.tok, texts)):
-        # As tokenize_chat: a BOS is put in front when the template did not write one.
-        n += scan.bos_extra and not text.startswith(scan.tok.bos_token or "\0")
+    for rec, n in zip(chats, rendered_lengths(scan.tok, texts)):
         scan.conversations += 1
         _length(scan, rec, n, over=n > scan.max_length)
         scan.turns.append(sum(m["role"] == "assistant" for m in rec.messages))

@@ -24,11 +24,11 @@ import numpy as np
 from tunekit import atomic
 from tunekit.config import Config
 from tunekit.data import dedup
-from tunekit.data.documents import chunk_document, special_ids
+from tunekit.data.documents import chunk_document
 from tunekit.data.records import DUPLICATE_REASONS, Cleaner, Record, Reject, iter_records, load_records
 from tunekit.data.split import split_groups
-from tunekit.data.stats import percentiles, token_counts
-from tunekit.data.template import render
+from tunekit.data.stats import percentiles
+from tunekit.data.template import render, rendered_lengths
 from tunekit.errors import DataError
 
 BATCH = 2048
@@ -55,7 +55,6 @@ class _Pass1:
         self.actions: Counter = Counter()
         self.first: dict[str, tuple[str, int]] = {}
         self.dups: list[tuple[Reject, tuple[str, int]]] = []
-        self.bos = special_ids(tokenizer)[0] is not None
         self.documents = self.chunks = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.inflight = None
@@ -87,7 +86,7 @@ class _Pass1:
         limit = self.cfg.data.max_length * CHARS_PER_TOKEN_MAX
         texts = [render(self.tok, r.messages) for r in chats]
         short = [i for i, t in enumerate(texts) if len(t) <= limit]
-        future = self.pool.submit(token_counts, self.tok, [texts[i] for i in short])
+        future = self.pool.submit(rendered_lengths, self.tok, [texts[i] for i in short])
         self.finish()
         self.inflight = (pending, chats, short, future)
 
@@ -99,7 +98,7 @@ class _Pass1:
         self.inflight = None
         lengths: list[int | None] = [None] * len(chats)  # None: far longer than max_length
         for i, n in zip(short, future.result()):
-            lengths[i] = n + self.bos
+            lengths[i] = n
         units: list[tuple[Record, list[dict], list[int]]] = []
         for rec, n in zip(chats, lengths):
             rec, n = self._fit(rec, n)
@@ -138,7 +137,7 @@ class _Pass1:
                 del msgs[head : head + 2]  # the oldest user/assistant exchange
                 dropped += 1
                 text = render(self.tok, msgs)
-                n = token_counts(self.tok, [text])[0] + self.bos if len(text) <= limit * CHARS_PER_TOKEN_MAX else None
+                n = rendered_lengths(self.tok, [text])[0] if len(text) <= limit * CHARS_PER_TOKEN_MAX else None
             if n is not None and n <= limit:
                 self.actions["history_truncated"] += 1
                 self.actions["exchanges_dropped"] += dropped

@@ -102,6 +102,16 @@ def missing_bos(tokenizer, ids: list[int]) -> int | None:
     return bos if tokenizer("x")["input_ids"][:1] == [bos] else None
 
 
+def rendered_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Token counts of rendered conversations as `tokenize_chat` builds them: the BOS it
+    puts in front when the template did not write one is counted, without encoding twice."""
+    from tunekit.data.stats import token_counts
+
+    bos = missing_bos(tokenizer, [])
+    mark = tokenizer.bos_token or "\0"
+    return [n + (bos is not None and not t.startswith(mark)) for t, n in zip(texts, token_counts(tokenizer, texts))]
+
+
 def check_train_on(train_on: str) -> None:
     """Raise DataError unless `train_on` names a known loss scope."""
     if train_on not in TRAIN_ON:

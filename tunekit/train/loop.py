@@ -34,8 +34,8 @@ from tunekit.train import checkpoint
 from tunekit.train.compute import FP32, Precision, choose_precision, enable_activation_checkpointing, pick_device
 from tunekit.train.heldout import HeldOut
 from tunekit.train.loss import supervised_loss_sum
-from tunekit.train.methods import apply_method
 from tunekit.train.memory import print_memory_estimate
+from tunekit.train.methods import apply_method
 from tunekit.train.metrics import MetricsLog, peak_memory_mb, read_metrics, require_tensorboard, truncate_metrics
 from tunekit.train.optim import make_optimizer, make_scheduler
 from tunekit.train.plot import write_loss_png
