@@ -24,7 +24,7 @@ import numpy as np
 from tunekit import atomic
 from tunekit.config import Config
 from tunekit.data import dedup
-from tunekit.data.documents import chunk_document
+from tunekit.data.documents import chunk_document, tokenize_text
 from tunekit.data.records import DUPLICATE_REASONS, Cleaner, Record, Reject, iter_records, load_records
 from tunekit.data.split import split_groups
 from tunekit.data.stats import percentiles
@@ -106,7 +106,7 @@ class _Pass1:
                 units.append((rec, [rec.row()], [n]))
         for rec in (r for r in pending if r.text is not None):
             rows = chunk_document(self.tok, rec.text, self.cfg.data.max_length, self.cfg.data.chunk_overlap)
-            lengths = [len(self.tok(r["context"] + r["text"], add_special_tokens=False)["input_ids"]) + 2 for r in rows]
+            lengths = [len(tokenize_text(self.tok, **r).input_ids) for r in rows]  # as training will see them
             self.documents += 1
             self.chunks += len(rows)
             units.append((rec, [{**rec.extra, **r} for r in rows], lengths))
