@@ -31,6 +31,7 @@ from tunekit.errors import TunekitError
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import Bar, console
 from tunekit.train import checkpoint
+from tunekit.train.allocator import return_freed_memory_promptly
 from tunekit.train.compute import FP32, Precision, choose_precision, enable_activation_checkpointing, pick_device
 from tunekit.train.heldout import HeldOut
 from tunekit.train.loss import supervised_loss_sum
@@ -137,6 +138,7 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
 def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     set_threads(cfg.train.threads)
+    return_freed_memory_promptly()
     torch.manual_seed(cfg.seed)
     if cfg.train.tensorboard:
         require_tensorboard()  # now, not after the model has loaded
