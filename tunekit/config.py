@@ -142,6 +142,10 @@ class EvalConfig(_Section):
     batch_size: int = Field(32, gt=0)
     max_questions: int | None = Field(None, gt=0)
     contenders: list[Literal["base", "few_shot", "tuned"]] = ["base", "few_shot", "tuned"]
+    # Forgetting: perplexity on bundled general English and answers to general questions,
+    # base vs tuned; flagged when the tuned perplexity rises by more than this fraction.
+    forgetting: bool = True
+    forgetting_threshold: float = Field(0.10, gt=0)
 
 
 class ExportConfig(_Section):
