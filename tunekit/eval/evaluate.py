@@ -1,27 +1,52 @@
-"""The eval stage: held-out loss, and fact accuracy of greedy answers for three
-contenders — the base model, the base model with a few-shot prompt, and the tuned model.
+"""The eval stage: held-out loss and perplexity, and answer metrics of greedy answers for
+three contenders — the base model, the base model with a few-shot prompt, and the tuned
+model — with paired-bootstrap intervals for the tuned model's lead; then the forgetting
+check (tunekit/eval/forgetting.py).
 
-Writes `eval/predictions.jsonl` (every question, reference and each contender's
-answer) and `eval/scores.json`.
+Each held-out item is scored by every metric it supports (see `item_scorers`); a metric
+no item supports is left out. The primary metric, which `differences` and the verdict
+use, is fact accuracy when items are labelled with required facts, else token F1.
+
+Writes `eval/predictions.jsonl` (every question, reference, each contender's answer and
+its value per metric) and `eval/scores.json`.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tunekit import atomic
 from tunekit.config import Config
 from tunekit.data.batches import load_examples
-from tunekit.data.records import load_records
+from tunekit.data.records import Record, load_records
+from tunekit.errors import DataError
+from tunekit.eval import forgetting
 from tunekit.eval.fewshot import ShotIndex, few_shot_messages
 from tunekit.eval.generate import greedy_answers
-from tunekit.eval.metrics import accuracy, paired_bootstrap, states_facts
+from tunekit.eval.metrics import (
+    exact_match,
+    is_json_reference,
+    json_valid,
+    mean,
+    paired_bootstrap,
+    pattern_match,
+    perplexity,
+    rouge_l,
+    states_facts,
+    token_f1,
+)
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import console
 from tunekit.train.checkpoint import tuned_checkpoint
 from tunekit.train.loop import evaluate_loss
 
 LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "fine-tuned"}
+METRIC_LABELS = {"fact_accuracy": "fact accuracy", "exact_match": "exact match", "token_f1": "token F1",
+                 "rouge_l": "ROUGE-L", "json_valid": "valid JSON", "pattern_match": "pattern match"}
 
 
 def load_tuned(cfg: Config, run_dir: Path, base_model):
@@ -34,8 +59,105 @@ def load_tuned(cfg: Config, run_dir: Path, base_model):
     return load_model(ckpt, cfg.model.dtype)
 
 
+def _reference_text(extra: dict) -> str | None:
+    ref = extra.get("reference")
+    if isinstance(ref, (dict, list)):  # a structured reference written as JSON rather than as a string
+        return json.dumps(ref, ensure_ascii=False)
+    return ref if isinstance(ref, str) and ref.strip() else None
+
+
+def item_scorers(extra: dict) -> dict[str, Callable[[str], float]]:
+    """The metrics one held-out item supports, each a function from an answer to [0, 1]:
+    fact accuracy when it lists `required` facts; exact match, token F1 and ROUGE-L when it has a
+    reference (prepare keeps a given final assistant turn as `reference`); JSON validity when the
+    reference is a JSON object/array or the item says "format": "json"; a regex match for "pattern"."""
+    out: dict[str, Callable[[str], float]] = {}
+    ref = _reference_text(extra)
+    if extra.get("required"):
+        out["fact_accuracy"] = lambda a: float(states_facts(a, extra["required"]))
+    if ref is not None:
+        out["exact_match"] = lambda a: exact_match(a, ref)
+        out["token_f1"] = lambda a: token_f1(a, ref)
+        out["rouge_l"] = lambda a: rouge_l(a, ref)
+    if extra.get("format") == "json" or is_json_reference(ref):
+        out["json_valid"] = lambda a: float(json_valid(a))
+    if extra.get("pattern"):
+        out["pattern_match"] = lambda a: float(pattern_match(a, extra["pattern"]))
+    return out
+
+
+def _check_patterns(items: list[Record], source: str) -> None:
+    """A bad regular expression is the item author's error: say so before any model loads."""
+    for i, it in enumerate(items):
+        pattern = it.extra.get("pattern")
+        if pattern is None:
+            continue
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise DataError(f"held-out item {it.extra.get('id', i + 1)} (item {i + 1} of {source}): \"pattern\" {pattern!r} "
+                            f"is not a valid regular expression ({e}); fix or remove it") from None
+
+
+def score_items(extras: list[dict], answers: dict[str, list[str]]) -> tuple[dict, list[dict]]:
+    """({metric: {contender: [value per supporting item]}}, per item {metric: {contender: value}}).
+
+    Every contender answers every item, so a metric's lists are paired item by item."""
+    values: dict[str, dict[str, list[float]]] = {}
+    per_item = []
+    for i, extra in enumerate(extras):
+        row = {}
+        for name, score in item_scorers(extra).items():
+            row[name] = {c: score(a[i]) for c, a in answers.items()}
+            column = values.setdefault(name, {})
+            for c, v in row[name].items():
+                column.setdefault(c, []).append(v)
+        per_item.append(row)
+    order = list(METRIC_LABELS)
+    return {m: values[m] for m in sorted(values, key=order.index)}, per_item
+
+
+def differences(values: dict[str, list[float]], seed: int) -> dict:
+    """Tuned minus each other contender on one metric, with a paired-bootstrap 95% interval."""
+    out = {}
+    if "tuned" not in values:
+        return out
+    for other in ("base", "few_shot"):
+        if other in values:
+            lo, hi = paired_bootstrap(values["tuned"], values[other], seed=seed)
+            out[f"tuned_minus_{other}"] = {"diff": mean(values["tuned"]) - mean(values[other]), "ci95": [lo, hi]}
+    return out
+
+
+def summarise(values: dict, per_item: list[dict], seed: int) -> dict:
+    """The answer-metric part of scores.json (see `evaluate`) from `score_items`' results."""
+    primary = "fact_accuracy" if "fact_accuracy" in values else "token_f1"
+    counts = {m: sum(m in row for row in per_item) for m in values}
+    by_metric = {m: differences(v, seed) for m, v in values.items()}
+    out = {
+        # How many items the primary metric scored (all items when no item supports it).
+        "questions": counts.get(primary, len(per_item)),
+        "primary_metric": primary,
+        "metrics": {m: {c: mean(x) for c, x in v.items()} for m, v in values.items()},
+        "metric_items": counts,
+        "differences": by_metric.get(primary, {}),
+        "differences_by_metric": by_metric,
+    }
+    if "fact_accuracy" in values:
+        out["fact_accuracy"] = out["metrics"]["fact_accuracy"]
+    return out
+
+
 def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
-    """Run the eval stage; returns scores (also written to eval/scores.json)."""
+    """Run the eval stage; returns scores (also written to eval/scores.json).
+
+    scores.json: questions, valid_examples, valid_loss {contender: loss}, perplexity {contender},
+    primary_metric, fact_accuracy {contender} (only when items are labelled with facts), metrics
+    {metric: {contender: mean}}, metric_items {metric: items scored}, differences (primary metric)
+    and differences_by_metric {metric: {"tuned_minus_<other>": {"diff", "ci95"}}}, forgetting
+    (forgetting.compare; {} when skipped), eval_seconds.
+    """
+    start = time.perf_counter()
     set_threads(cfg.train.threads)
     data = run_dir / "data"
     train_records, _ = load_records(data / "train.jsonl")
@@ -43,10 +165,14 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     items = []
     if (data / "eval.jsonl").is_file():
         items, _ = load_records(data / "eval.jsonl", need_assistant=False)
+        _check_patterns(items, cfg.data.eval or str(data / "eval.jsonl"))
     items = items[: cfg.eval.max_questions] if cfg.eval.max_questions else items
     questions = [it.messages for it in items]
     pad, bs, new = tokenizer.pad_token_id, cfg.eval.batch_size, cfg.eval.max_new_tokens
+    check_forgetting = cfg.eval.forgetting and "tuned" in cfg.eval.contenders
 
+    # One model in memory at a time: everything the base model does happens before its weights
+    # are merged with the adapter (merge_and_unload changes them in place) or replaced.
     model = load_model(model_path, cfg.model.dtype)
     answers: dict[str, list[str]] = {}
     losses: dict[str, float] = {}
@@ -59,6 +185,8 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         index = ShotIndex(shots)
         prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
         answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
+    base_probe = forgetting.probe(model, tokenizer, bs, "base") if check_forgetting else None
+    forgot: dict = {}
     if "tuned" in cfg.eval.contenders:
         model = load_tuned(cfg, run_dir, model)
         if valid_ex:
@@ -66,39 +194,39 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
             losses["tuned"] = tuned_checkpoint(run_dir)[1] or evaluate_loss(model, valid_ex, pad, bs)
         if questions:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
+        if base_probe is not None:
+            forgot = forgetting.compare(base_probe, forgetting.probe(model, tokenizer, bs, "tuned"),
+                                        cfg.eval.forgetting_threshold)
+    del model
 
-    # Only items labelled with required facts can be scored; the rest keep their answers.
-    labelled = [i for i, it in enumerate(items) if it.extra.get("required")]
-    flags = {k: [states_facts(v[i], items[i].extra["required"]) for i in labelled] for k, v in answers.items()}
-    has_facts = bool(labelled)
-    slot = {i: j for j, i in enumerate(labelled)}
-    scores = {
-        "questions": len(labelled) if has_facts else len(items),
-        "valid_examples": len(valid_ex),
-        "valid_loss": losses,
-        "fact_accuracy": {k: accuracy(f) for k, f in flags.items()} if has_facts else {},
-        "differences": _differences(flags, cfg.seed) if has_facts else {},
-    }
+    values, per_item = score_items([it.extra for it in items], answers)
+    summary = summarise(values, per_item, cfg.seed)
+    scores = {"questions": summary.pop("questions"), "valid_examples": len(valid_ex), "valid_loss": losses,
+              "perplexity": {c: perplexity(x) for c, x in losses.items()}, **summary, "forgetting": forgot,
+              "eval_seconds": round(time.perf_counter() - start, 1)}
     rows = []
     for i, it in enumerate(items):
-        row = {"id": it.extra.get("id", i), "question": it.messages[-1]["content"], "reference": it.extra.get("reference"),
-               "required": it.extra.get("required"), "answers": {k: v[i] for k, v in answers.items()},
-               "correct": {k: f[slot[i]] for k, f in flags.items()} if i in slot else {}}
-        rows.append(row)
+        facts = per_item[i].get("fact_accuracy", {})
+        rows.append({"id": it.extra.get("id", i), "question": it.messages[-1]["content"], "reference": it.extra.get("reference"),
+                     "required": it.extra.get("required"), "answers": {c: a[i] for c, a in answers.items()},
+                     "correct": {c: v == 1.0 for c, v in facts.items()}, "metrics": per_item[i]})
     atomic.write_jsonl(run_dir / "eval" / "predictions.jsonl", rows)
     atomic.write_json(run_dir / "eval" / "scores.json", scores)
-    for k, acc in scores["fact_accuracy"].items():
-        console.print(f"  {LABELS[k]:<24} fact accuracy {acc:6.1%}")
+    _print_scores(scores, cfg)
     return scores
 
 
-def _differences(flags: dict[str, list[bool]], seed: int) -> dict:
-    """Tuned minus each other contender, with a paired-bootstrap 95% interval."""
-    out = {}
-    if "tuned" not in flags:
-        return out
-    for other in ("base", "few_shot"):
-        if other in flags:
-            lo, hi = paired_bootstrap(flags["tuned"], flags[other], seed=seed)
-            out[f"tuned_minus_{other}"] = {"diff": accuracy(flags["tuned"]) - accuracy(flags[other]), "ci95": [lo, hi]}
-    return out
+def _print_scores(scores: dict, cfg: Config) -> None:
+    if scores["perplexity"]:
+        console.print("  held-out perplexity: " + ", ".join(f"{LABELS[c]} {p:.2f}" for c, p in scores["perplexity"].items()))
+    metrics = scores["metrics"]
+    for c in LABELS:
+        if any(c in v for v in metrics.values()):
+            cells = "  ".join(f"{METRIC_LABELS[m]} {v[c]:6.1%}" for m, v in metrics.items() if c in v)
+            console.print(f"  {LABELS[c]:<24} {cells}")
+    if scores["forgetting"]:
+        console.print(forgetting.summary_line(scores["forgetting"]))
+    elif not cfg.eval.forgetting:
+        console.print("forgetting: skipped (eval.forgetting is false)")
+    elif "tuned" not in cfg.eval.contenders:
+        console.print("forgetting: skipped (no tuned model among eval.contenders)")

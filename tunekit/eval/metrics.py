@@ -1,12 +1,31 @@
-"""Answer metrics. Fact accuracy: an answer states a fact when, for every group of
-accepted surface forms the item lists under `required`, at least one form occurs in
-the answer (case-insensitive, whitespace collapsed)."""
+"""Answer metrics, each a plain function of one answer and what the item supplies.
+
+- fact accuracy (`states_facts`): for every group of accepted surface forms the item lists
+  under `required`, at least one form occurs in the answer (case-insensitive, whitespace
+  collapsed).
+- exact match, token F1: SQuAD's definitions over normalised text (casefold, punctuation
+  and the articles a/an/the removed, whitespace collapsed), against the item's reference.
+- ROUGE-L: F-measure of the longest common subsequence of normalised tokens. Written here
+  rather than taken from `rouge-score`: it is twenty lines, and that package would pull in
+  nltk and absl for them.
+- JSON validity: the answer (or a fenced block in it) parses as a JSON object or array.
+- pattern match: the item's regular expression matches somewhere in the answer.
+
+Every metric is a number in [0, 1] per item, so the paired bootstrap treats them alike.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import string
+import unicodedata
+from collections import Counter
 
 _WS = re.compile(r"\s+")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def _norm(text: str) -> str:
@@ -19,12 +38,106 @@ def states_facts(answer: str, required: list[list[str]]) -> bool:
     return all(any(_norm(alt) in a for alt in group) for group in required)
 
 
+def _is_punct(ch: str) -> bool:
+    # SQuAD strips ASCII punctuation only; models also write curly quotes and dashes.
+    return ch in string.punctuation or unicodedata.category(ch).startswith("P")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: casefold, drop punctuation and articles, collapse whitespace."""
+    text = "".join(" " if _is_punct(ch) else ch for ch in text.casefold())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def answer_tokens(text: str) -> list[str]:
+    return normalize_answer(text).split()
+
+
+def exact_match(answer: str, reference: str) -> float:
+    return float(normalize_answer(answer) == normalize_answer(reference))
+
+
+def token_f1(answer: str, reference: str) -> float:
+    """SQuAD token F1: harmonic mean of precision and recall of the bag of normalised tokens."""
+    pred, ref = answer_tokens(answer), answer_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if not same:
+        return 0.0
+    p, r = same / len(pred), same / len(ref)
+    return 2 * p * r / (p + r)
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row kept)."""
+    if len(b) > len(a):
+        a, b = b, a
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev_diag = 0
+        for j, y in enumerate(b, 1):
+            prev_diag, row[j] = row[j], (prev_diag + 1 if x == y else max(row[j], row[j - 1]))
+    return row[-1]
+
+
+def rouge_l(answer: str, reference: str) -> float:
+    """ROUGE-L F-measure (beta 1) over normalised tokens."""
+    pred, ref = answer_tokens(answer), answer_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = lcs_length(pred, ref)
+    if not lcs:
+        return 0.0
+    p, r = lcs / len(pred), lcs / len(ref)
+    return 2 * p * r / (p + r)
+
+
+def _json_container(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), (dict, list))
+    except ValueError:
+        return False
+
+
+def is_json_reference(reference: str | None) -> bool:
+    """True when the reference is a JSON object or array: then answers are checked for valid JSON."""
+    return bool(reference) and _json_container(reference.strip())
+
+
+def json_valid(answer: str) -> bool:
+    """The answer is a JSON object or array, bare or inside a ``` / ```json fence.
+
+    A bare scalar does not count: "42" parses as JSON, yet an item asking for JSON wants structure.
+    """
+    if _json_container(answer.strip()):
+        return True
+    return any(_json_container(block.strip()) for block in _FENCE.findall(answer))
+
+
+def pattern_match(answer: str, pattern: str) -> bool:
+    """The item's regular expression matches somewhere in the answer (anchor it for a full match)."""
+    return re.search(pattern, answer) is not None
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def accuracy(flags: list[bool]) -> float:
-    return sum(flags) / len(flags) if flags else 0.0
+    return mean([float(f) for f in flags])
 
 
-def paired_bootstrap(a: list[bool], b: list[bool], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of accuracy(a) - accuracy(b), resampling questions in pairs."""
+def perplexity(loss: float) -> float:
+    """exp of a mean loss per token (nats); inf where that overflows a float."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def paired_bootstrap(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(a) - mean(b) (bools count as 0/1), resampling items in pairs."""
     import numpy as np
 
     if not a:
