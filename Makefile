@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODEL  := smollm2-135m-instruct
 
-.PHONY: setup model demo test bench clean
+.PHONY: setup model demo test bench clean browser
 
 setup: $(STAMP) model
 
@@ -25,7 +25,21 @@ model: $(STAMP)
 demo: setup
 	$(BIN)/tunekit run examples/support/config.yaml
 
-test: setup
+# The report's browser test (tests/eval/test_report_browser.py) opens report.html in
+# headless Chromium. Installed here when missing and possible: as root with apt-get (CI on
+# Debian: no stdin, so non-interactive and quiet), refreshing the package lists only when
+# installing from the present ones fails. Otherwise a note, and that test fails saying why.
+APT := DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=120
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the report's browser test"; \
+	  $(APT) install --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $(APT) update >/dev/null && $(APT) install --no-install-recommends chromium >/dev/null; } || \
+	  echo "note: could not install chromium; the report's browser test will fail"; \
+	else echo "note: chromium is missing (Debian: sudo apt-get install chromium); the report's browser test will fail"; fi
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 # Benchmarks are not tests: they measure this machine and write bench/results/.

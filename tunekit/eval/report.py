@@ -1,30 +1,74 @@
 """The report stage: report.md and report.html, the verdict first.
 
-Everything in the report is read from the run folder's artefacts (data_report.json,
-train_state.json, metrics.jsonl, eval/scores.json, eval/predictions.jsonl), so the
-report can be rebuilt at any time without recomputing anything.
+Everything in the report is read from the run folder's artefacts (config.yaml,
+data/data_report.json, train_state.json, metrics.jsonl, eval/scores.json,
+eval/predictions.jsonl, plan/learning_curve.json), so the report can be rebuilt at any
+time without recomputing anything. Any of them may be missing or from an older tunekit:
+a section whose facts are absent is left out, never an error.
+
+The report is built once as plain data (sections of blocks: paragraphs, lists, tables,
+figures, examples) and written twice: Markdown here, HTML in report_html.py.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 
 from tunekit import atomic
+from tunekit.eval import plots
 from tunekit.eval.evaluate import LABELS
+from tunekit.eval.report_html import render_html, render_md
 from tunekit.train.metrics import read_metrics
 from tunekit.train.plot import loss_curve_png
 
+CONTENDERS = ("base", "few_shot", "tuned")
+NAMES = {"fact_accuracy": "fact accuracy", "token_f1": "token F1", "exact_match": "exact match",
+         "rouge_l": "ROUGE-L", "json_valid": "valid JSON", "regex_match": "regex match"}
+RATES = {"fact_accuracy", "exact_match", "json_valid", "regex_match"}
+"""Metrics that are a share of answers right or wrong: their intervals are Wilson intervals."""
+
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut by a kill
+            continue
+    return rows
+
+
+def _label(c: str) -> str:
+    return LABELS.get(c, c)
+
+
+def primary(scores: dict) -> tuple[str, dict]:
+    """The metric the verdict is about, and each contender's score on it."""
+    metric = scores.get("primary_metric") or "fact_accuracy"
+    return metric, scores.get("metrics", {}).get(metric) or scores.get(metric) or {}
+
+
+def _unit(metric: str) -> str:
+    return {"fact_accuracy": "points", "token_f1": "F1 points"}.get(metric, f"{NAMES.get(metric, metric)} points")
+
+
+def _score_text(metric: str, value: float) -> str:
+    if metric == "fact_accuracy":
+        return f"{value:.1%} fact accuracy"
+    return f"{NAMES.get(metric, metric)} {100 * value:.1f}"
 
 
 def verdict(scores: dict) -> str:
     """One plain sentence: did fine-tuning win, by how much, how sure are we."""
-    acc = scores.get("fact_accuracy", {})
+    metric, acc = primary(scores)
     n = scores.get("questions", 0)
     if "tuned" not in acc:
         losses = scores.get("valid_loss", {})
@@ -34,40 +78,149 @@ def verdict(scores: dict) -> str:
         return "No held-out comparison was run."
     rivals = {k: v for k, v in acc.items() if k != "tuned"}
     if not rivals:
-        return f"The fine-tuned model stated the required facts in {acc['tuned']:.0%} of {n} held-out questions."
+        if metric == "fact_accuracy":
+            return f"The fine-tuned model stated the required facts in {acc['tuned']:.0%} of {n} held-out questions."
+        return f"The fine-tuned model scored {NAMES.get(metric, metric)} {100 * acc['tuned']:.0f} (of 100) on {n} held-out questions."
     best = max(rivals, key=rivals.get)
-    d = scores["differences"][f"tuned_minus_{best}"]
+    unit, rival = _unit(metric), _label(best)
+    d = scores.get("differences", {}).get(f"tuned_minus_{best}")
+    if not d or not d.get("ci95"):
+        pts = round(100 * (acc["tuned"] - rivals[best]))
+        return (f"Fine-tuning scored {pts:+d} {unit} against the best alternative ({rival}) on {n} held-out questions; "
+                "no interval was computed.")
     lo, hi = (round(100 * x) for x in d["ci95"])
     pts = round(100 * d["diff"])
-    if lo > 0:
-        return f"Fine-tuning beat the best alternative ({LABELS[best]}) by {pts} points (95% CI {lo} to {hi}) on {n} held-out questions."
-    if hi < 0:
-        return f"Fine-tuning lost to {LABELS[best]} by {-pts} points (95% CI {lo} to {hi}) on {n} held-out questions; use the prompt instead."
-    return f"Fine-tuning and {LABELS[best]} are not distinguishable on {n} held-out questions ({pts:+d} points, 95% CI {lo} to {hi})."
+    if d["ci95"][0] > 0:
+        return f"Fine-tuning beat the best alternative ({rival}) by {pts} {unit} (95% CI {lo} to {hi}) on {n} held-out questions."
+    if d["ci95"][1] < 0:
+        advice = "use the prompt instead" if best == "few_shot" else "the base model alone does better"
+        return f"Fine-tuning lost to {rival} by {-pts} {unit} (95% CI {lo} to {hi}) on {n} held-out questions; {advice}."
+    return f"Fine-tuning and {rival} are not distinguishable on {n} held-out questions ({pts:+d} {unit}, 95% CI {lo} to {hi})."
 
 
 def headline(scores: dict) -> list[str]:
-    """The verdict, then each contender's score and the tuned model's lead over each."""
-    acc = scores.get("fact_accuracy", {})
-    lines = [f"- {LABELS[k]}: {100 * acc[k]:.1f}% fact accuracy" for k in ("base", "few_shot", "tuned") if k in acc]
+    """The verdict, then each contender's score, the tuned model's lead over each, and a forgetting warning."""
+    metric, acc = primary(scores)
+    lines = [f"- {_label(k)}: {_score_text(metric, acc[k])}" for k in CONTENDERS if k in acc]
     for key, d in scores.get("differences", {}).items():
-        other = key.removeprefix("tuned_minus_")
-        lo, hi = (100 * x for x in d["ci95"])
-        lines.append(f"- fine-tuned minus {LABELS[other]}: {100 * d['diff']:+.1f} points (95% CI {lo:+.1f} to {hi:+.1f})")
+        if d.get("ci95"):
+            lo, hi = (100 * x for x in d["ci95"])
+            lines.append(f"- fine-tuned minus {_label(key.removeprefix('tuned_minus_'))}: {100 * d['diff']:+.1f} {_unit(metric)} "
+                         f"(95% CI {lo:+.1f} to {hi:+.1f})")
+    forgetting = scores.get("forgetting") or {}
+    if forgetting.get("flagged"):
+        lines.append(f"- warning, forgetting: {forgetting.get('why') or 'the tuned model does worse on general text or questions'}")
     return [verdict(scores), ""] + lines
 
 
-def _examples(predictions: Path, limit: int = 5) -> list[dict]:
-    """Questions where the contenders disagree on correctness: the instructive cases."""
-    out = []
-    if predictions.is_file():
-        for line in predictions.read_text().splitlines():
-            row = json.loads(line)
-            if len(set(row.get("correct", {}).values())) > 1:
-                out.append(row)
-            if len(out) >= limit:
-                break
+# -- sections: each a title and a list of blocks ------------------------------------------
+
+
+def _fig(png: bytes | None, alt: str, caption: str) -> list[dict]:
+    return [{"kind": "img", "png": png, "alt": alt, "caption": caption}] if png else []
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def item_values(rows: list[dict], metric: str) -> dict[str, list[float]]:
+    """Each contender's per-question values of `metric` in predictions.jsonl rows."""
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        for c, v in _per_item(row, metric).items():
+            if isinstance(v, (bool, int, float)):
+                out.setdefault(c, []).append(float(v))
     return out
+
+
+def _per_item(row: dict, metric: str) -> dict:
+    per = (row.get("metrics") or {}).get(metric)
+    if per is None and metric == "fact_accuracy":
+        per = row.get("correct")  # the fact flags of runs from before per-item metrics
+    return per or {}
+
+
+def _score_bars(scores: dict, rows: list[dict]) -> list[dict]:
+    """Each contender's primary score with the 95% interval of its own mean, listed and drawn."""
+    metric, agg = primary(scores)
+    name, n = NAMES.get(metric, metric), scores.get("metric_items", {}).get(metric) or scores.get("questions", 0)
+    found = plots.score_intervals(item_values(rows, metric), agg, n, metric in RATES)
+    bars = {c: found[c] for c in CONTENDERS if c in found}
+    if not bars:
+        return []
+    how = plots.WILSON if metric in RATES else plots.BOOTSTRAP
+    items = [f"{_label(c)}: {name} {_pct(s)}" + (f" (95% CI {_pct(lo)} to {_pct(hi)})" if lo is not None else "")
+             for c, (s, lo, hi) in bars.items()]
+    png = plots.score_bars_png([(_label(c), *v) for c, v in bars.items()], f"{name} (x100)")
+    return [{"kind": "list", "items": items}] + _fig(
+        png, f"{name} per contender with 95% intervals",
+        f"{name} of each contender on {n} held-out questions. Error bars: the 95% interval of each contender's own mean "
+        f"({how}). The verdict's intervals are for the differences (paired bootstrap over questions).")
+
+
+def _score_table(scores: dict) -> list[dict]:
+    """Every metric for every contender, and the tuned model's paired difference to each rival."""
+    metric, _ = primary(scores)
+    metrics = dict(scores.get("metrics") or {}) or ({"fact_accuracy": scores["fact_accuracy"]} if scores.get("fact_accuracy") else {})
+    losses = {k: scores[k] for k in ("valid_loss", "perplexity") if scores.get(k)}
+    cols = [c for c in CONTENDERS if any(c in v for v in [*metrics.values(), *losses.values()])]
+    by_metric = dict(scores.get("differences_by_metric") or {})
+    by_metric.setdefault(metric, scores.get("differences") or {})
+    diffs = sorted({k for d in by_metric.values() for k in d})
+    rows = []
+    for m in sorted(metrics, key=lambda m: (m != metric, list(NAMES).index(m) if m in NAMES else len(NAMES), m)):
+        cells = [_pct(metrics[m].get(c)) for c in cols]
+        for k in diffs:
+            d = by_metric.get(m, {}).get(k)
+            cells.append(f"{100 * d['diff']:+.1f} ({100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f})" if d and d.get("ci95") else "")
+        rows.append([f"{NAMES.get(m, m)} (x100)"] + cells)
+    names = {"valid_loss": "held-out loss per token", "perplexity": "held-out perplexity"}
+    rows += [[names[k]] + [f"{v[c]:.4g}" if c in v else "" for c in cols] + [""] * len(diffs) for k, v in losses.items()]
+    head = ["measure"] + [_label(c) for c in cols] + [f"tuned minus {_label(k.removeprefix('tuned_minus_'))} (95% CI)" for k in diffs]
+    return [{"kind": "table", "head": head, "rows": rows}] if rows else []
+
+
+def _learning_section(curve: dict) -> list[dict]:
+    blocks = [{"kind": "p", "text": curve["sentence"]}] if curve.get("sentence") else []
+    points = [p for p in curve.get("points") or [] if isinstance(p.get("score"), (int, float)) and p.get("examples")
+              and p.get("fraction") and p.get("metric")]
+    if not points:
+        return blocks
+    from tunekit.plan.curve import curve_png  # the drawing `tunekit plan` writes beside the json
+
+    show = lambda p: f"fact accuracy {p['score']:.1%}" if p["metric"] == "fact_accuracy" else f"{p['metric']} {p['score']:.4f}"  # noqa: E731
+    return blocks + _fig(curve_png(points), "held-out score against the number of training examples",
+                         "Held-out score of models trained on nested shares of the training data.") + [
+        {"kind": "list", "items": [f"{p['examples']:,} examples ({p['fraction']:.0%}): {show(p)}" for p in points]}]
+
+
+def _data_section(data: dict) -> list[dict]:
+    if not data:
+        return []
+    items = [f"source: {data['source']}"] if data.get("source") else []
+    items.append(f"lines read: {data.get('lines_read')}, kept: {data.get('kept')} (train {data.get('train')}, "
+                 f"valid {data.get('valid')}), rejected: {data.get('rejected')}")
+    items += [f"rejected because {k}: {v}" for k, v in data.get("rejects_by_reason", {}).items()]
+    if data.get("cleaning"):
+        items.append("cleaning: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["cleaning"].items()))
+    if data.get("split", {}).get("moved_to_train"):
+        items.append(f"moved to training so that similar records sit on one side of the split: {data['split']['moved_to_train']}")
+    per = data.get("tokens", {}).get("per_row", {})
+    if per.get("count"):
+        items.append(f"tokens per record (rendered with the chat template): p50 {per['p50']}, p90 {per['p90']}, p99 {per['p99']}, "
+                     f"max {per['max']}; {data['tokens'].get('total', 0):,} in all")
+    items += [f"note: {n}" for n in data.get("notes", [])]
+    if "eval" in data:
+        held = data["eval"]
+        items.append(f"held-out questions: {held.get('items')} (found verbatim in training: {held.get('leaked_into_train')})")
+    hist = data.get("tokens", {}).get("histogram")
+    png = plots.token_histogram_png(hist) if hist else None
+    if png is None:
+        items.append("no token-length histogram: this run's data_report.json has no tokens.histogram")
+    return [{"kind": "list", "items": items}] + _fig(
+        png, "histogram of tokens per training record",
+        "Tokens per prepared record, rendered with the chat template; the dashed line is data.max_length.")
 
 
 _COST_ROWS = [
@@ -75,58 +228,98 @@ _COST_ROWS = [
     ("trainable_params", "trainable parameters", "{:,}"),
     ("steps", "optimiser steps", "{:,}"),
     ("tokens_seen", "tokens trained on", "{:,}"),
-    ("seconds", "training time", "{:.0f} s"),
-    ("tokens_per_s", "throughput", "{:.0f} tokens/s"),
-    ("peak_rss_mb", "peak memory (RSS)", "{:,} MB"),
+    ("seconds", "training time", "{:,.0f} s"),
+    ("tokens_per_s", "throughput", "{:,.0f} tokens/s"),
+    ("peak_rss_mb", "peak memory (RSS), measured", "{:,} MB"),
+    ("estimated_peak_mb", "peak memory, estimated before training", "{:,} MB"),
+    ("cuda_max_allocated_mb", "peak GPU memory allocated", "{:,} MB"),
     ("final_train_loss", "final training loss", "{:.4f}"),
 ]
 
 
+def _cost_section(train: dict, scores: dict, run_dir: Path) -> list[dict]:
+    items = [f"{label}: {fmt.format(train[key])}" for key, label, fmt in _COST_ROWS if train.get(key) is not None]
+    if train.get("peak_rss_mb") and train.get("estimated_peak_mb"):
+        at = next(i for i, x in enumerate(items) if x.startswith("peak memory, estimated")) + 1
+        items.insert(at, f"measured / estimated memory: {train['peak_rss_mb'] / train['estimated_peak_mb']:.2f}")
+    if train.get("stopped_early"):
+        items.append(f"stopped early after step {train.get('steps')} of {train.get('planned_steps')}")
+    eval_s = scores.get("eval_seconds") or _read_json(run_dir / ".stages" / "eval.json").get("seconds")
+    if eval_s is not None:
+        items.append(f"evaluation time: {eval_s:,.0f} s")
+    png = loss_curve_png(read_metrics(run_dir / "metrics.jsonl"))
+    return ([{"kind": "list", "items": items}] if items else []) + _fig(
+        png, "training and held-out loss", "Training loss and held-out loss per supervised token against optimiser steps.")
+
+
+def _forgetting_section(f: dict) -> list[dict]:
+    """Did the tuned model lose general ability: perplexity on general text, general questions."""
+    blocks = [{"kind": "p", "text": ("Flagged: " if f["flagged"] else "Not flagged: ") + str(f.get("why") or "")}] if "flagged" in f else []
+    items, ppl = [], f.get("perplexity") or {}
+    if "base" in ppl and "tuned" in ppl:
+        change = f" ({f['perplexity_change']:+.1%})" if f.get("perplexity_change") is not None else ""
+        items.append(f"perplexity on {f.get('text_tokens', 0):,} tokens of general text ({f.get('text_source', 'source not recorded')}): "
+                     f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}{change}")
+    questions, right = f.get("questions") or [], f.get("general_correct") or {}
+    items += [f"general questions the {_label(c)} answered right: {right[c]} of {len(questions)}" for c in ("base", "tuned") if c in right]
+    blocks += [{"kind": "list", "items": items}] if items else []
+
+    def cells(q: dict) -> list[str]:
+        expected, ok, answers = q.get("expected", ""), q.get("correct") or {}, q.get("answers") or {}
+        said = [f"{'right' if ok.get(c) else 'wrong'}: {answers.get(c, '')}" for c in ("base", "tuned")]
+        return [str(q.get("question", "")), " / ".join(map(str, expected)) if isinstance(expected, list) else str(expected)] + said
+
+    if questions:
+        blocks.append({"kind": "table", "head": ["general question", "accepted answers", "base model", "fine-tuned"],
+                       "rows": [cells(q) for q in questions]})
+    return blocks
+
+
+def _differing(rows: list[dict], metric: str, limit: int = 5) -> list[dict]:
+    """The instructive cases: where the contenders' scores differ most, else where their answers differ."""
+    blocks, ranked = [], []
+    for i, row in enumerate(rows):
+        per = _per_item(row, metric)
+        vals = [float(v) for v in per.values() if isinstance(v, (bool, int, float))]
+        if len(vals) > 1 and max(vals) > min(vals):
+            ranked.append((-(max(vals) - min(vals)), i))
+        elif not vals and len({" ".join(str(a).split()) for a in row.get("answers", {}).values()}) > 1:
+            ranked.append((0.0, i))
+    for _, i in sorted(ranked)[:limit]:
+        row = rows[i]
+        per = _per_item(row, metric)
+        answers = []
+        for c, text in row.get("answers", {}).items():
+            v = per.get(c)
+            mark = "" if v is None else (("correct" if v else "wrong") if metric in RATES else f"{NAMES.get(metric, metric)} {100 * v:.0f}")
+            answers.append([_label(c), mark, str(text)])
+        blocks.append({"kind": "example", "question": str(row.get("question") or ""), "reference": str(row.get("reference") or ""),
+                       "answers": answers})
+    return blocks
+
+
+def build_sections(run_dir: Path) -> tuple[list[str], list[tuple[str, list[dict]]]]:
+    """The headline lines (verdict first) and the report's sections, from the run folder."""
+    scores = _read_json(run_dir / "eval" / "scores.json")
+    rows = _read_jsonl(run_dir / "eval" / "predictions.jsonl")
+    config = run_dir / "config.yaml"
+    sections = [
+        ("Scores", _score_bars(scores, rows) + _score_table(scores)),
+        ("Learning curve", _learning_section(_read_json(run_dir / "plan" / "learning_curve.json"))),
+        ("Data", _data_section(_read_json(run_dir / "data" / "data_report.json"))),
+        ("Config", [{"kind": "details", "summary": "config.yaml (every default written out)", "text": config.read_text()}]
+         if config.is_file() else []),
+        ("Cost", _cost_section(_read_json(run_dir / "train_state.json"), scores, run_dir)),
+        ("Forgetting check", _forgetting_section(scores.get("forgetting") or {})),
+        ("Where the contenders differ", _differing(rows, primary(scores)[0])),
+    ]
+    return headline(scores), [(title, blocks) for title, blocks in sections if blocks]
+
+
 def build_report(run_dir: Path) -> Path:
     """Write report.md and report.html into the run folder; returns report.md's path."""
-    scores = _read_json(run_dir / "eval" / "scores.json")
-    data = _read_json(run_dir / "data" / "data_report.json")
-    train = _read_json(run_dir / "train_state.json")
-    metrics = read_metrics(run_dir / "metrics.jsonl")
-    md = ["# tunekit report: " + run_dir.name, ""] + headline(scores) + [""]
-    md += ["## Held-out loss", ""] + [f"- {LABELS[k]}: {v:.4f}" for k, v in scores.get("valid_loss", {}).items()] + [""]
-    md += ["## Data", "", f"- lines read: {data.get('lines_read')}, kept: {data.get('kept')} "
-           f"(train {data.get('train')}, valid {data.get('valid')}), rejected: {data.get('rejected')}"]
-    md += [f"- rejected because {k}: {v}" for k, v in data.get("rejects_by_reason", {}).items()]
-    if data.get("cleaning"):
-        md += ["- cleaning: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["cleaning"].items())]
-    if data.get("split", {}).get("moved_to_train"):
-        md += [f"- moved to training so that similar records sit on one side of the split: {data['split']['moved_to_train']}"]
-    md += [f"- note: {n}" for n in data.get("notes", [])]
-    if "eval" in data:
-        md += [f"- held-out questions: {data['eval']['items']} (found verbatim in training: {data['eval']['leaked_into_train']})"]
-    md += ["", "## Training cost", ""]
-    for key, label, fmt in _COST_ROWS:
-        if train.get(key) is not None:
-            md.append(f"- {label}: {fmt.format(train[key])}")
-    md += ["", "## Where the contenders differ", ""]
-    for row in _examples(run_dir / "eval" / "predictions.jsonl"):
-        md += [f"**Q:** {row['question']}", "", f"*reference:* {row['reference']}", ""]
-        md += [f"- {LABELS[k]} ({'correct' if row['correct'].get(k) else 'wrong'}): {a}" for k, a in row["answers"].items()] + [""]
-    md_text = "\n".join(md) + "\n"
-    atomic.write_text(run_dir / "report.md", md_text)
-    atomic.write_text(run_dir / "report.html", _html(run_dir.name, md, loss_curve_png(metrics)))
+    lines, sections = build_sections(run_dir)
+    title = "tunekit report: " + run_dir.name
+    atomic.write_text(run_dir / "report.md", render_md(title, lines, sections))
+    atomic.write_text(run_dir / "report.html", render_html(title, lines, sections))
     return run_dir / "report.md"
-
-
-def _html(name: str, md_lines: list[str], plot: bytes | None) -> str:
-    body = []
-    for line in md_lines:
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-            if line == "## Training cost" and plot:
-                body.append(f'<img alt="training and held-out loss" src="data:image/png;base64,{base64.b64encode(plot).decode()}">')
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line:
-            body.append(f"<p>{html.escape(line.replace('**', '').replace('*', ''))}</p>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tunekit report: {html.escape(name)}</title>"
-            "<style>body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;line-height:1.4}</style>"
-            f"</head><body>{''.join(body)}</body></html>\n")
