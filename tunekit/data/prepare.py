@@ -27,7 +27,7 @@ from tunekit.data import dedup
 from tunekit.data.documents import chunk_document, tokenize_text
 from tunekit.data.records import DUPLICATE_REASONS, Cleaner, Record, Reject, iter_records, load_records
 from tunekit.data.split import split_groups
-from tunekit.data.stats import percentiles
+from tunekit.data.stats import length_histogram, percentiles
 from tunekit.data.template import render, rendered_lengths
 from tunekit.errors import DataError
 
@@ -196,7 +196,8 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
         "rejected_invalid": invalid,
         "rejects_by_reason": dict(sorted(p1.reasons.items())),
         "cleaning": dict(sorted((clean.counts + p1.actions).items())),
-        "tokens": {"per_row": percentiles(p1.kept.row_tokens), "total": int(sum(p1.kept.row_tokens))},
+        "tokens": {"per_row": percentiles(p1.kept.row_tokens), "total": int(sum(p1.kept.row_tokens)),
+                   "histogram": length_histogram(p1.kept.row_tokens, cfg.data.max_length)},  # drawn by the report
     }
     if p1.documents:
         report["documents"] = {"documents": p1.documents, "chunks": p1.chunks, "overlap_tokens": cfg.data.chunk_overlap}
