@@ -43,9 +43,13 @@ test: setup browser
 	$(BIN)/python -m pytest
 
 # Benchmarks are not tests: they measure this machine and write bench/results/.
+# vs_trl.py trains TRL and tunekit side by side (3 pairs each of LoRA and full, and
+# generation): hours on a 2-core CPU; `python bench/vs_trl.py --help` for shorter runs.
 bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/prepare_100k.py
+	$(BIN)/python bench/vs_trl.py
 
 clean:
 	rm -rf runs .pytest_cache
