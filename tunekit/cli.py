@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from tunekit.errors import TunekitError
-from tunekit.train.allocator import return_freed_memory_promptly
 
 
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -204,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     # Prepare tokenises on both cores (100k records: 35-45 s instead of ~58 s). tunekit
     # forks no workers after tokenising, so the tokenizers fork-safety fallback never bites.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    return_freed_memory_promptly()  # peak RSS of training and eval: see tunekit/train/allocator.py
     _quiet_libraries()
     try:
         return {"models": _cmd_models, "data": _cmd_data}.get(args.command, _cmd_stage)(args)

@@ -133,6 +133,9 @@ class TrainConfig(_Section):
     """bf16 autocast with fp32 master weights, or fp32; auto picks bf16 where the hardware multiplies it fast."""
     tensorboard: bool = False
     """Also write TensorBoard event files under <run>/tensorboard (needs the tensorboard package)."""
+    lean_memory: bool = False
+    """Return freed activation memory to the system at once (glibc): LoRA on SmolLM2, all blocks,
+    peak RSS 2.8 GB instead of 4.2 GB, but ~20% slower on a CPU. See tunekit/train/allocator.py."""
     threads: int | None = Field(None, gt=0)
 
 

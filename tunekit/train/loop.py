@@ -138,7 +138,8 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
 def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     set_threads(cfg.train.threads)
-    return_freed_memory_promptly()
+    if cfg.train.lean_memory:
+        return_freed_memory_promptly()
     torch.manual_seed(cfg.seed)
     if cfg.train.tensorboard:
         require_tensorboard()  # now, not after the model has loaded
