@@ -10,10 +10,11 @@ blocks (batch 8 x 156 tokens), peak RSS 4.2 GB against a 2.9 GiB estimate of the
 tensors. Pinning the threshold at 128 KiB (mallopt M_MMAP_THRESHOLD, which also stops
 the raising) kept the peak at 2.8 GB, the estimate.
 
-The cost is a fresh mapping, and its page faults, for every large tensor; measured in
-bench/vs_trl.py (see its results) rather than assumed. Only glibc has mallopt; on other
-C libraries this does nothing. A user's own MALLOC_MMAP_THRESHOLD_ wins, and
-TUNEKIT_MALLOC=default leaves glibc as it is.
+The cost is a fresh mapping, and its page faults, for every large tensor: the same
+LoRA run trained ~20% slower (bench/vs_trl.py: 91-97 against ~120 tokens/s). So it is
+opt-in, `train.lean_memory: true`, for when memory is what runs out. Only glibc has
+mallopt; on other C libraries this does nothing. A user's own MALLOC_MMAP_THRESHOLD_
+wins, and TUNEKIT_MALLOC=default leaves glibc as it is.
 """
 
 from __future__ import annotations
