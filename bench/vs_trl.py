@@ -42,12 +42,10 @@ kept) and bench/results/vs_trl.md.
     python bench/vs_trl.py --method lora --pairs 5
     python bench/vs_trl.py --limit 48 --pairs 1 --questions 16 --out /tmp/vs_trl.json   # smoke test
 
-Time on the 2-core dev machine (AMD EPYC, AVX2, no AMX, fp32 both sides), estimated from
-the smoke test (--limit 48 --pairs 1, other work running on the machine): one epoch is
-808 examples, 61.3k tokens. LoRA: tunekit ~130 tokens/s, TRL ~54, so a pair takes about
-9 + 20 = 29 minutes; full: tunekit ~89, TRL ~46, a pair about 12 + 23 = 35 minutes;
-generation (166 questions): about 4 minutes a pair. The default run (3 pairs of each)
-takes about 3.3 hours here, perhaps 2 on an idle machine.
+Time on the 2-core dev machine (AMD EPYC, AVX2, no AMX, fp32 both sides): one epoch is
+808 examples, 61.3k tokens. Measured with --limit 80 (10 steps): LoRA tunekit ~150-180
+tokens/s, TRL ~75-87; full tunekit ~110, TRL ~61-68. So the default run (a full epoch, 3
+pairs of each) takes about 3 hours here; `--limit 80 --pairs 3` takes about 25 minutes.
 """
 
 from __future__ import annotations
@@ -153,6 +151,7 @@ def bench_train(args, method: str, base: dict, stats: dict, work: Path) -> dict:
                      tokens=round(seen * stats["tokens"] / stats["examples"]),
                      supervised_tokens=round(seen * stats["supervised"] / stats["examples"]))
             r["tokens_per_s"] = round(r["tokens"] / r["train_seconds"], 1)
+            r["mfu"] = round(r["tokens_per_s"] * stats["flops_per_token"][method] / (stats["peak_gflops"][r["precision"]] * 1e9), 3)
             r["supervised_tokens_per_s"] = round(r["supervised_tokens"] / r["train_seconds"], 1)
             print(f"{tag}: {r['steps']} steps, {r['tokens_per_s']} tok/s ({r['supervised_tokens_per_s']} supervised), "
                   f"peak RSS {r['peak_rss_mb']} MB, held-out loss {r['heldout_loss']:.4f}", flush=True)
@@ -192,6 +191,39 @@ def bench_generate(args, base: dict, cfg, data: Path, work: Path) -> dict:
                 "peak_rss": spread([x["peak_rss_mb"] / y["peak_rss_mb"] for x, y in pairs])}}
 
 
+def matmul_peak(seconds: float = 1.5) -> dict:
+    """This machine's matmul rate in GFLOP/s for fp32 and bf16 (2048^3 products, all cores): the MFU denominators."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        a @ b
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            n += 1
+        out[name] = round(2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9, 1)
+    return out
+
+
+def model_flops_per_token(model_path: str, supervised_share: float) -> dict:
+    """Matmul FLOPs one training token needs, by method: the work both tools must do, so MFU compares them fairly.
+
+    body = weights of the decoder blocks' linear layers, head = the output layer. Forward
+    costs 2 x weights per token; backward 2 x for the input gradient and, for weights that
+    train, 2 x for the weight gradient. The head is needed only at supervised positions
+    (what tunekit computes; TRL computes it everywhere, which is extra work, not useful
+    work). LoRA's own small matmuls and attention's scores (~1% at these lengths) are left out.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    body = sum(m.weight.numel() for m in model.get_decoder().layers.modules() if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings().weight.numel()
+    return {"lora": 4 * body + 4 * head * supervised_share, "full": 6 * body + 6 * head * supervised_share}
+
+
 def machine() -> dict:
     import peft
     import transformers
@@ -222,6 +254,9 @@ def main(argv=None) -> None:
     ex = load_examples(data / "train.jsonl", tok)
     stats = {"examples": len(ex), "tokens": sum(len(e.input_ids) for e in ex),
              "supervised": sum(e.supervised for e in ex), "valid_examples": len(load_examples(data / "valid.jsonl", tok))}
+    stats["flops_per_token"] = model_flops_per_token(model, stats["supervised"] / stats["tokens"])
+    stats["peak_gflops"] = matmul_peak()
+    print(f"matmul peak here: {stats['peak_gflops']} GFLOP/s", flush=True)
     amx = "AMX" in torch.backends.cpu.get_cpu_capability()
     overrides = dict(s.split("=", 1) for s in args.tunekit_set)
     import yaml
@@ -254,17 +289,19 @@ def markdown(doc: dict) -> str:
     lines = [f"# tunekit vs TRL {m['trl']} on {m['processor']} ({m['cores']} cores, {m['cpu_capability']})", "",
              f"Data: {doc['data']['examples']} training examples, {doc['data']['tokens']} tokens "
              f"({doc['data']['supervised']} supervised) per epoch; {doc['data']['valid_examples']} held-out examples. "
+             f"Matmul peak of this machine (2048^3, all cores): {doc['data'].get('peak_gflops')} GFLOP/s; MFU counts the matmul "
+             "FLOPs a token needs (see model_flops_per_token) against the peak of the run's precision. "
              f"Settings: {json.dumps(doc['settings'])}", ""]
     for method in ("lora", "full"):
         if method not in doc:
             continue
         sec = doc[method]
         lines += [f"## {method} (lr {sec['lr']})", "",
-                  "| run | tool | steps | s | tokens/s | supervised tok/s | peak RSS MB | held-out loss | precision |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| run | tool | steps | s | tokens/s | supervised tok/s | MFU | peak RSS MB | held-out loss | precision |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sec["runs"]:
             lines.append(f"| {r['pair']} | {r['tool']} | {r['steps']} | {r['train_seconds']} | {r['tokens_per_s']} | "
-                         f"{r['supervised_tokens_per_s']} | {r['peak_rss_mb']} | {r['heldout_loss']:.4f} | {r['precision']} |")
+                         f"{r['supervised_tokens_per_s']} | {r.get('mfu', 0):.1%} | {r['peak_rss_mb']} | {r['heldout_loss']:.4f} | {r['precision']} |")
         q = sec["ratios_tunekit_over_trl"]
         lines += ["", f"tunekit / TRL, median (min-max): tokens/s {_r(q['tokens_per_s'])}, peak RSS {_r(q['peak_rss'])}, "
                   f"held-out loss {_r(q['heldout_loss'])}" + ("" if sec["same_steps"] else " (WARNING: step counts differ)"), ""]
