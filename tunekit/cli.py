@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "eval", "score base, few-shot and tuned models on held-out data")
     _stage_parser(sub, "report", "write report.md and report.html")
     _stage_parser(sub, "export", "write export.formats (adapter, merged) under the run's export/")
+    plan = sub.add_parser("plan", help="before training: time a short probe on this machine, predict the run's time and peak memory")
+    plan.add_argument("config", help="the run's YAML config")
+    plan.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. train.batch_size=4")
+    plan.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+    plan.add_argument("--curve", action="store_true",
+                      help="also train on growing shares of the data and plot the score against examples (one training per share)")
+    plan.add_argument("--fractions", default="10,25,50,100", help="percentages of the training data for --curve (default: 10,25,50,100)")
 
     models = sub.add_parser("models", help="the base-model store").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="registry and cached models").add_argument("--json", action="store_true", help="one JSON object a line")
@@ -85,6 +92,18 @@ def _cmd_stage(args) -> int:
         _print_headline(run_dir, run_dir / "report.md")
     elif result is not None:
         console.print(f"{args.command} done: {run_dir}")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from tunekit import pipeline
+    from tunekit.config import load_config
+    from tunekit.plan import run_plan
+    from tunekit.plan.curve import parse_fractions
+
+    fractions = parse_fractions(args.fractions)  # a typo fails now, not after the probe
+    cfg = load_config(args.config, args.overrides)
+    run_plan(cfg, pipeline.run_dir_for(cfg, args.runs_dir), curve=args.curve, fractions=fractions)
     return 0
 
 
@@ -205,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     _quiet_libraries()
     try:
-        return {"models": _cmd_models, "data": _cmd_data}.get(args.command, _cmd_stage)(args)
+        return {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan}.get(args.command, _cmd_stage)(args)
     except TunekitError as e:
         if args.debug:
             raise
