@@ -23,8 +23,8 @@ a log-sum-exp per head rather than the length x length probabilities. Not counte
 Python/torch runtime (about 0.25 GB resident on a CPU) and allocator slack. Measured on
 SmolLM2-135M (CPU, fp32, padded batches of 2-4 x 256 tokens) the estimate was within 10%
 of the peak resident memory above the runtime for full fine-tuning; for LoRA it matched
-(1.59 vs 1.58 GiB) once glibc returns freed blocks at once, which tunekit now arranges
-(tunekit/train/allocator.py); with glibc's default adaptive threshold the resident peak
+(1.59 vs 1.58 GiB) when glibc returns freed blocks at once (train.lean_memory: true, see
+tunekit/train/allocator.py); with glibc's default adaptive threshold the resident peak
 ran ~1.6x higher, memory the heap kept after earlier steps' activations were freed.
 """
 
