@@ -19,6 +19,7 @@ from tunekit.plan.estimate import (
     fit_line,
     padded_tokens,
     predict_steps,
+    relative_spread,
     save_count,
     train_seconds,
 )
@@ -35,9 +36,18 @@ def test_the_fitted_line_is_summed_over_every_planned_step():
     assert predict_steps(noisy, sizes) == pytest.approx(sum(0.4 + 0.002 * n for n in sizes), rel=0.05)
 
 
+def test_one_step_slowed_by_another_process_barely_moves_the_estimate():
+    line = [(t, 0.3 + 0.007 * t) for t in (376, 456, 512, 760, 1352)]
+    sizes = [400, 500, 600, 700, 800] * 20
+    exact = sum(0.3 + 0.007 * n for n in sizes)
+    hit = [(t, s * (1.8 if t == 376 else 1.0)) for t, s in line]
+    assert predict_steps(hit, sizes) == pytest.approx(exact, rel=0.03)
+    assert relative_spread(hit, *fit_line(hit)) > 0.3  # but the range says the timings were noisy
+
+
 def test_the_fit_stays_physical():
     assert fit_line([(200, 1.0)]) == (0.0, pytest.approx(0.005))  # one size: through the origin
-    assert fit_line([(100, 2.0), (200, 1.0), (300, 1.5)]) == (pytest.approx(1.5), 0.0)  # falling: the mean
+    assert fit_line([(100, 2.0), (200, 1.0), (300, 1.5)]) == (pytest.approx(1.5), 0.0)  # falling: the median
     a, b = fit_line([(100, 0.05), (1000, 2.0)])  # the line would cross below zero
     assert a == 0.0 and b > 0 and a + b * 10 > 0
 

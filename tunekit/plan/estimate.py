@@ -82,29 +82,40 @@ def choose_probe_steps(sizes: StepSizes, n: int) -> list[int]:
 
 
 def fit_line(samples: list[tuple[float, float]]) -> tuple[float, float]:
-    """(a, b) of seconds = a + b x tokens by least squares over (tokens, seconds) samples.
+    """(a, b) of seconds = a + b x tokens over (tokens, seconds) samples, by Theil-Sen: the
+    median of the slopes between every two samples, then the median intercept.
 
+    Medians rather than least squares because the noise of a shared machine is one-sided:
+    another process taking the cores for a moment makes one step twice as slow, never
+    twice as fast, and with five samples least squares follows that one step (measured: a
+    1.7x outlier at the small end turned a run of 492 s into a 570 s estimate).
     Kept physical: with one size only (or near enough) the line goes through the origin;
-    a negative slope (noise over a narrow range) becomes the mean time; a negative
+    a falling line (noise over a narrow range) becomes the median time; a negative
     intercept becomes a line through the origin, so no step is predicted to cost < 0.
     """
     assert samples, "no timed steps"
     ts = [t for t, _ in samples]
-    ss = [s for _, s in samples]
     if len(samples) < 2 or max(ts) < 1.05 * min(ts):
-        return 0.0, sum(ss) / max(sum(ts), 1e-9)
-    mt, ms = sum(ts) / len(ts), sum(ss) / len(ss)
-    b = sum((t - mt) * (s - ms) for t, s in samples) / sum((t - mt) ** 2 for t in ts)
+        return 0.0, sum(s for _, s in samples) / max(sum(ts), 1e-9)
+    slopes = [(s2 - s1) / (t2 - t1) for i, (t1, s1) in enumerate(samples) for t2, s2 in samples[i + 1 :] if t2 != t1]
+    b = _median(slopes)
     if b <= 0:
-        return ms, 0.0
-    a = ms - b * mt
+        return _median([s for _, s in samples]), 0.0
+    a = _median([s - b * t for t, s in samples])
     if a < 0:
-        return 0.0, sum(t * s for t, s in samples) / sum(t * t for t in ts)
+        return 0.0, _median([s / t for t, s in samples])
     return a, b
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 def relative_spread(samples: list[tuple[float, float]], a: float, b: float) -> float:
-    """Half-width of the range, as a share: twice the RMS relative residual, at least MIN_SPREAD."""
+    """Half-width of the range, as a share: twice the RMS relative residual (an outlier the fit
+    ignored still widens the range), at least MIN_SPREAD."""
     rel = [(s - (a + b * t)) / max(a + b * t, 1e-9) for t, s in samples]
     rms = math.sqrt(sum(r * r for r in rel) / len(rel)) if rel else 0.0
     return max(MIN_SPREAD, 2 * rms)

@@ -48,7 +48,7 @@ from tunekit.train.metrics import peak_memory_mb
 from tunekit.train.optim import make_optimizer, make_scheduler
 from tunekit.train.plot import loss_curve_png
 
-PROBE_STEPS = 5
+PROBE_STEPS = 6
 # Padded tokens of the held-out subset the probe evaluates, then scales up: a forward pass
 # over a large valid set would take longer than all the timed steps together.
 EVAL_PROBE_TOKENS = 4096
