@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 import model_builders as tiny
 from tunekit.models import sources
-
-# Captured before any fixture points TUNEKIT_HOME at a temporary folder.
-REAL_HOME = Path(os.environ.get("TUNEKIT_HOME") or Path.home() / ".cache" / "tunekit")
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+
+# Captured at collection, before any fixture points TUNEKIT_HOME at a temporary folder. (Kept
+# here, not in conftest.py: `from conftest import` finds whichever conftest was imported first.)
+REAL_HOME = Path(os.environ.get("TUNEKIT_HOME") or Path.home() / ".cache" / "tunekit")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_HOME
+from model_builders import REAL_HOME
 from tunekit.errors import ModelError
 from tunekit.models import DEFAULT_MODEL, MANIFEST, REGISTRY, import_model, info, list_models, resolve, sources
 

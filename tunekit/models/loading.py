@@ -31,9 +31,32 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def check_architecture(path: str | Path) -> None:
+    """Name the architecture when transformers cannot build a causal LM from it (its own error
+    suggests upgrading; the usual cause is a model that is not a text generator, or too new)."""
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except ValueError as e:
+        raise ModelError(f"{config} is not valid JSON: {e}") from None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        import transformers
+
+        raise ModelError(f"{path} is a {model_type!r} model, which transformers {transformers.__version__} cannot load as a "
+                         f"causal language model; tunekit fine-tunes text-generation models such as llama, qwen2, mistral, "
+                         f"gemma or phi3 ({len(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)} architectures are known)")
+
+
 def load_model(path: str | Path, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
+    check_architecture(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
     except (OSError, ValueError) as e:

@@ -1,0 +1,249 @@
+"""What `chat`, `generate` and `export` work on: a finished run, a PEFT adapter folder on its
+base, or a plain model (name, hub id, HF folder, GGUF file, a merged export).
+
+An adapter only means something on the base it was trained on. A wrong base of another
+size fails loudly in PEFT, but one of the same shapes (SmolLM2-135M base instead of
+-Instruct, say) loads silently and answers nonsense, so the base is checked twice before
+any weights load: by shape (every LoRA matrix against the base's matrix it adapts, read
+from the safetensors headers) and by identity (when the base recorded in
+adapter_config.json is on this machine, a slice of both embeddings must agree).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunekit.errors import CheckpointError, ModelError
+from tunekit.models._log import say
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Rows of the embedding compared to tell two same-shaped bases apart; bf16 and fp32 copies
+# of one model agree within bf16 rounding (2^-8 relative), different models do not.
+_IDENTITY_ROWS = 64
+_IDENTITY_RTOL = 1e-2
+
+
+@dataclass(frozen=True)
+class Target:
+    model: Path  # HF folder with the weights: the base, or a full fine-tune's checkpoint
+    tokenizer: Path  # folder with the tokenizer and chat template
+    adapter: Path | None = None  # PEFT adapter folder to put on `model`
+    label: str = ""
+    run_dir: Path | None = None
+
+
+def is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and ((path / "train_state.json").is_file() or (path / "checkpoints").is_dir())
+
+
+def resolve_target(spec: str, base: str | None = None, runs_dir: str | Path = "runs") -> Target:
+    """A run folder (or a run name under `runs_dir`), an adapter folder (its base from `base`,
+    else the one adapter_config.json records), or anything `resolve()` accepts."""
+    from tunekit.models import resolve
+
+    path = Path(spec).expanduser()
+    for run in (path, Path(runs_dir) / spec):
+        if run.is_dir() and is_run(run):
+            return _run_target(run, base)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return _adapter_target(path, base)
+    if base:
+        raise ModelError(f"--base applies to an adapter, and {spec} is not an adapter folder (no adapter_config.json)")
+    try:
+        folder = Path(resolve(spec))
+    except ModelError as e:
+        raise ModelError(f"{spec} is not a run folder (no config.yaml + train_state.json), not an adapter folder "
+                         f"(no adapter_config.json), and not a model tunekit can find: {e}") from None
+    return Target(model=folder, tokenizer=folder, label=spec)
+
+
+def _run_target(run_dir: Path, base: str | None) -> Target:
+    import yaml
+
+    from tunekit.models import resolve
+    from tunekit.train.checkpoint import tuned_checkpoint
+
+    if not (run_dir / "train_state.json").is_file():
+        raise CheckpointError(f"run {run_dir} has no finished training (no train_state.json), so there is no tuned model "
+                              f"to use yet; finish it with `tunekit train {run_dir / 'config.yaml'}` (it resumes)")
+    ckpt, _ = tuned_checkpoint(run_dir)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"run {run_dir} names checkpoint {ckpt} as its tuned model, but the folder is gone; "
+                              f"retrain with `tunekit train {run_dir / 'config.yaml'} --force`")
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["model"]["base"]
+    base_dir = Path(resolve(base or recorded))
+    label = run_dir.name
+    if (ckpt / "adapter_config.json").is_file():
+        check_adapter(ckpt, base_dir)
+        return Target(model=base_dir, tokenizer=base_dir, adapter=ckpt, label=label, run_dir=run_dir)
+    if not (ckpt / "config.json").is_file():
+        raise CheckpointError(f"checkpoint {ckpt} holds neither an adapter (adapter_config.json) nor full weights (config.json)")
+    return Target(model=ckpt, tokenizer=base_dir, label=label, run_dir=run_dir)
+
+
+def _adapter_target(adapter: Path, base: str | None) -> Target:
+    from tunekit.models import resolve
+
+    config = read_adapter_config(adapter)
+    recorded = config.get("base_model_name_or_path")
+    if base is None and not recorded:
+        raise ModelError(f"adapter {adapter} does not record its base model (adapter_config.json has no "
+                         f"base_model_name_or_path); name it with --base MODEL")
+    base_dir = Path(resolve(base or recorded)) if base else _recorded_base(adapter, recorded)
+    check_adapter(adapter, base_dir)
+    return Target(model=base_dir, tokenizer=base_dir, adapter=adapter, label=adapter.name)
+
+
+def _recorded_base(adapter: Path, recorded: str) -> Path:
+    local = _local_copy(recorded)
+    if local is None:
+        raise ModelError(f"adapter {adapter} was trained on {recorded} (recorded in adapter_config.json), which is not "
+                         f"on this machine; name its base with --base MODEL (a registry name, hub id or folder)")
+    return local
+
+
+def _local_copy(name_or_path: str) -> Path | None:
+    """`name_or_path` as a folder already on this machine (a path or a cache entry); never fetches."""
+    from tunekit.models.cache import cached
+    from tunekit.models.registry import cache_name, is_valid_name, looks_like_hub_id
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if is_valid_name(name_or_path) or looks_like_hub_id(name_or_path):
+        return cached(cache_name(name_or_path))
+    return None
+
+
+def read_adapter_config(adapter: Path) -> dict:
+    missing = [f for f in ADAPTER_FILES if not (adapter / f).is_file()]
+    if missing:
+        raise CheckpointError(f"adapter folder {adapter} is missing {' and '.join(missing)}; an adapter is PEFT's "
+                              f"folder format ({', '.join(ADAPTER_FILES)})")
+    try:
+        return json.loads((adapter / "adapter_config.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{adapter / 'adapter_config.json'} is not valid JSON: {e}") from None
+
+
+def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape for every *.safetensors in `folder`, from the headers alone."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                shapes[k] = tuple(st.get_slice(k).get_shape())
+    return shapes
+
+
+def _base_key(adapter_key: str) -> tuple[str, str] | None:
+    """"base_model.model.X.lora_A.weight" -> ("X.weight", "lora_A"); None for keys that adapt nothing."""
+    key = adapter_key.removeprefix("base_model.model.")
+    for part in ("lora_embedding_A", "lora_embedding_B", "lora_A", "lora_B"):
+        marker = f".{part}."
+        if marker in key:
+            module = key.split(marker)[0]
+            return f"{module}.weight", part
+    return None
+
+
+def check_adapter(adapter: Path, base_dir: Path) -> None:
+    """Raise ModelError unless the adapter fits `base_dir` by shape and, where the recorded base
+    is on this machine, is the same model."""
+    config = read_adapter_config(adapter)
+    base_shapes = _shapes(base_dir)
+    if not base_shapes:
+        raise ModelError(f"base model {base_dir} has no *.safetensors weights to check the adapter against")
+    if "lm_head.weight" not in base_shapes and "model.embed_tokens.weight" in base_shapes:
+        base_shapes["lm_head.weight"] = base_shapes["model.embed_tokens.weight"]  # tied head
+    problems = []
+    for key, shape in _shapes(adapter).items():
+        found = _base_key(key)
+        if found is None:
+            continue
+        base_key, part = found
+        want = base_shapes.get(base_key)
+        if want is None:
+            problems.append(f"it adapts {base_key.removesuffix('.weight')}, which the base does not have")
+        elif len(want) == 2 and not _fits(part, shape, want):
+            problems.append(f"{key} is {list(shape)} but the base's {base_key} is {list(want)}")
+        if len(problems) >= 3:
+            break
+    recorded = config.get("base_model_name_or_path") or "an unrecorded base"
+    if problems:
+        raise ModelError(f"adapter {adapter} does not fit base model {base_dir}: " + "; ".join(problems)
+                         + f". The adapter was trained on {recorded} (adapter_config.json); load it on that model")
+    _check_identity(adapter, base_dir, recorded)
+
+
+def _fits(part: str, shape: tuple[int, ...], base: tuple[int, ...]) -> bool:
+    out_f, in_f = base  # nn.Linear weight is [out, in]; nn.Embedding weight is [num, dim]
+    return {
+        "lora_A": shape[-1] == in_f,
+        "lora_B": shape[0] == out_f,
+        "lora_embedding_A": shape[-1] == out_f,
+        "lora_embedding_B": shape[0] == in_f,
+    }[part]
+
+
+def _check_identity(adapter: Path, base_dir: Path, recorded: str) -> None:
+    recorded_dir = _local_copy(recorded)
+    if recorded_dir is None:
+        say(f"adapter {adapter.name} records base {recorded}, which is not on this machine; checked by shape only")
+        return
+    if recorded_dir.resolve() == base_dir.resolve():
+        return
+    a, b = _embedding_slice(recorded_dir), _embedding_slice(base_dir)
+    if a is None or b is None:
+        return
+    import torch
+
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=_IDENTITY_RTOL, atol=1e-3):
+        raise ModelError(f"adapter {adapter} was trained on {recorded} (adapter_config.json), and {base_dir} is a different "
+                         f"model of the same shapes (their embeddings differ); load the adapter on {recorded}")
+
+
+def _embedding_slice(folder: Path):
+    """The first rows of the input embedding as fp32, or None when there is no such tensor."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k.endswith("embed_tokens.weight") or k.endswith("wte.weight"):
+                    return st.get_slice(k)[:_IDENTITY_ROWS].float()
+    return None
+
+
+def load_target(target: Target, dtype: str = "float32"):
+    """(model, tokenizer) ready to generate: eval mode, KV cache on; a PeftModel when there is an adapter
+    (its adapter is named "tuned")."""
+    from tunekit.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(target.tokenizer)
+    model = load_model(target.model, dtype)
+    if target.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(target.adapter), adapter_name="tuned")
+    model.eval()
+    model.config.use_cache = True
+    return model, tokenizer
+
+
+def attach_adapter(model, adapter: Path, base_dir: Path, name: str):
+    """Check `adapter` against `base_dir`, load it onto `model` as `name` and make it active;
+    returns the (possibly newly wrapped) model."""
+    check_adapter(adapter, base_dir)
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if name not in model.peft_config:
+            model.load_adapter(str(adapter), adapter_name=name)
+        model.set_adapter(name)
+        return model.eval()
+    return PeftModel.from_pretrained(model, str(adapter), adapter_name=name).eval()
