@@ -31,6 +31,22 @@ def _resume_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and train from the start")
 
 
+def _export_parser(sub) -> None:
+    exp = sub.add_parser("export", help="write and verify a run's adapter, merged model, GGUF and Ollama Modelfile")
+    exp.add_argument("target", help="a run folder or run name (writes <run>/export), a run's config YAML, an adapter folder, or a model")
+    exp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="with a config YAML: override config values")
+    exp.add_argument("--format", action="append", default=[], metavar="FORMAT",
+                     help="adapter, merged, gguf, ollama; repeat or comma-separate (default: the run's export.formats)")
+    exp.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="merged weights (default auto: the base model's dtype); merging itself is always fp32")
+    exp.add_argument("--gguf-type", choices=("f16", "bf16", "q8_0"), help="GGUF tensor type (default f16)")
+    exp.add_argument("--out", help="output folder (default: <run>/export; required for an adapter or model)")
+    exp.add_argument("--base", help="with an adapter folder: its base model (default: the one adapter_config.json records)")
+    exp.add_argument("--check-answers", type=int, metavar="N",
+                     help="greedy answers to the run's first N held-out questions must match the adapter model's (default 5; 0: off)")
+    exp.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunekit", description="Fine-tune an open language model on your data, and prove it helped.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -40,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _resume_flags(_stage_parser(sub, "train", "fine-tune (resumes from the last checkpoint)"))
     _stage_parser(sub, "eval", "score base, few-shot and tuned models on held-out data")
     _stage_parser(sub, "report", "write report.md and report.html")
-    _stage_parser(sub, "export", "write export.formats (adapter, merged) under the run's export/")
+    _export_parser(sub)
     plan = sub.add_parser("plan", help="before training: time a short probe on this machine, predict the run's time and peak memory")
     plan.add_argument("config", help="the run's YAML config")
     plan.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. train.batch_size=4")
@@ -48,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--curve", action="store_true",
                       help="also train on growing shares of the data and plot the score against examples (one training per share)")
     plan.add_argument("--fractions", default="10,25,50,100", help="percentages of the training data for --curve (default: 10,25,50,100)")
+    _serve_parsers(sub)
 
     models = sub.add_parser("models", help="the base-model store").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="registry and cached models").add_argument("--json", action="store_true", help="one JSON object a line")
@@ -95,6 +112,40 @@ def _cmd_stage(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    import yaml
+
+    from tunekit import pipeline
+    from tunekit.config import ExportConfig, load_config
+    from tunekit.errors import ConfigError
+    from tunekit.export.run import export_target, parse_formats
+    from tunekit.models.tuned import resolve_target
+
+    chosen = {"formats": parse_formats(args.format) if args.format else None, "dtype": args.dtype,
+              "gguf_type": args.gguf_type, "check_answers": args.check_answers}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if args.target.endswith((".yaml", ".yml")) and Path(args.target).is_file():
+        cfg = load_config(args.target, args.overrides)
+        cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update=chosen)})
+        pipeline.run_stage(cfg, pipeline.run_dir_for(cfg, args.runs_dir), "export", force=True)
+        return 0
+    if args.overrides:
+        raise ConfigError(f"key=value overrides apply to a config YAML, and {args.target} is not one; use the options (--format ...)")
+    target = resolve_target(args.target, base=args.base, runs_dir=args.runs_dir)
+    saved = {}
+    if target.run_dir is not None:  # the run's own export settings are the defaults
+        saved = (yaml.safe_load((target.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("export") or {}
+    e = ExportConfig.model_validate({**saved, **chosen})
+    if not e.formats:
+        raise ConfigError("no export format: give --format adapter|merged|gguf|ollama (several allowed)")
+    if args.out is None and target.run_dir is None:
+        raise ConfigError(f"{args.target} is not a run, so there is no run folder to export into; give --out FOLDER")
+    out = Path(args.out) if args.out else target.run_dir / "export"
+    export_target(target, e.formats, out, e.dtype, e.gguf_type, e.check_answers)
+    print(f"export done: {out} (figures in {out / 'export.json'})")
+    return 0
+
+
 def _cmd_plan(args) -> int:
     from tunekit import pipeline
     from tunekit.config import load_config
@@ -104,6 +155,65 @@ def _cmd_plan(args) -> int:
     fractions = parse_fractions(args.fractions)  # a typo fails now, not after the probe
     cfg = load_config(args.config, args.overrides)
     run_plan(cfg, pipeline.run_dir_for(cfg, args.runs_dir), curve=args.curve, fractions=fractions)
+    return 0
+
+
+def _serve_parsers(sub) -> None:
+    """`chat` and `generate`: use a run's tuned model, an adapter or any model."""
+    chat = sub.add_parser("chat", help="talk with a run's tuned model, an adapter or a model (streaming, multi-turn)")
+    gen = sub.add_parser("generate", help="answer every prompt of a JSONL file (greedy, batched)")
+    for p in (chat, gen):
+        p.add_argument("model", metavar="MODEL_OR_RUN", help="a run folder or name, an adapter folder, or a model name/path/hub id/GGUF")
+        p.add_argument("--base", help="base model for an adapter (default: the one its adapter_config.json records)")
+        p.add_argument("--system", help="system prompt" + (" for prompts that have none" if p is gen else ""))
+        p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default: 256)")
+        p.add_argument("--dtype", choices=("float32", "bfloat16"), help="weights' dtype (default: the run's model.dtype, else float32)")
+        p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy, the answers the eval scored; >0 samples")
+    chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature (default: 1, off)")
+    chat.add_argument("--seed", type=int, help="make sampled answers repeatable")
+    chat.add_argument("--stats", action="store_true", help="after each answer: tokens, first-token latency, tokens/s")
+    gen.add_argument("--input", required=True, help='JSONL: {"messages": [...]}, {"prompt": ...} or {"instruction", "input"} a line')
+    gen.add_argument("--output", help="where answers go (default: <input stem>.answers.jsonl beside the input)")
+    gen.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default: 16)")
+
+
+def _cmd_chat(args) -> int:
+    from tunekit.models.loading import set_threads
+    from tunekit.serve.chat import ChatSession, chat_loop, lines_of, seed_sampling, terminal_read
+    from tunekit.serve.engine import Sampling, open_model
+
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p).check()
+    set_threads(None)
+    loaded = open_model(args.model, base=args.base, runs_dir=args.runs_dir, dtype=args.dtype)
+    seed_sampling(args.seed)
+    session = ChatSession(loaded, sampling, system=args.system, runs_dir=args.runs_dir, stats=args.stats)
+    if sys.stdin.isatty():
+        chat_loop(session, terminal_read(), sys.stdout)
+    else:  # piped lines: echoed, so the transcript shows what was asked
+        chat_loop(session, lines_of(sys.stdin), sys.stdout, echo=True)
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from tunekit.errors import ConfigError
+    from tunekit.models.loading import set_threads
+    from tunekit.progress import console
+    from tunekit.serve.batch import check_sizes, default_output, generate_file, read_prompts
+    from tunekit.serve.engine import describe, open_model
+
+    check_sizes(args.max_new_tokens, args.batch_size)
+    source = Path(args.input)
+    prompts = read_prompts(source, system=args.system)  # every line checked before the model loads
+    output = Path(args.output) if args.output else default_output(source)
+    if output.resolve() == source.resolve():
+        raise ConfigError(f"--output {output} is the input file; answers would replace the prompts. Name another file")
+    set_threads(None)
+    loaded = open_model(args.model, base=args.base, runs_dir=args.runs_dir, dtype=args.dtype)
+    console.print(f"generate: {len(prompts)} prompts, {describe(loaded)}")
+    w = generate_file(loaded.model, loaded.tokenizer, prompts, output, loaded.target.label, args.max_new_tokens, args.batch_size)
+    print(f"{w.answers} answers, {w.tokens / max(w.seconds, 1e-9):.1f} tokens/s ({w.tokens} tokens in {w.seconds:.1f} s); "
+          f"written to {w.path}")
     return 0
 
 
@@ -224,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     _quiet_libraries()
     try:
-        return {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan}.get(args.command, _cmd_stage)(args)
+        commands = {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan, "export": _cmd_export, "chat": _cmd_chat,
+                    "generate": _cmd_generate}
+        return commands.get(args.command, _cmd_stage)(args)
     except TunekitError as e:
         if args.debug:
             raise

@@ -152,7 +152,12 @@ class EvalConfig(_Section):
 
 
 class ExportConfig(_Section):
-    formats: list[Literal["adapter", "merged"]] = []
+    formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = []
+    # The merged folder's dtype; auto: the base model's own (config.json), so the export is its size.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gguf_type: Literal["f16", "bf16", "q8_0"] = "f16"
+    # Each written model answers this many held-out questions greedily; all must match the adapter model.
+    check_answers: int = Field(5, ge=0)
 
 
 class Config(_Section):

@@ -152,13 +152,13 @@ def _report(cfg: Config, run_dir: Path, **_) -> dict:
 
 def _export(cfg: Config, run_dir: Path, **_) -> dict:
     from tunekit.errors import ConfigError
-    from tunekit.export.basic import export_run
-    from tunekit.models.loading import load_tokenizer
+    from tunekit.export.run import export_target
+    from tunekit.models.tuned import resolve_target
 
     if not cfg.export.formats:
         raise ConfigError("export.formats is empty; set it, e.g. `export.formats=[adapter, merged]`")
-    path = _resolve_model(cfg)
-    return export_run(run_dir, cfg.export.formats, path, load_tokenizer(path))
+    e = cfg.export
+    return export_target(resolve_target(str(run_dir)), e.formats, run_dir / "export", e.dtype, e.gguf_type, e.check_answers)
 
 
 _STAGE_FUNCS = {"prepare": _prepare, "train": _train, "eval": _eval, "report": _report, "export": _export}

@@ -14,8 +14,9 @@ from test_methods import train_two_steps
 from tunekit.config import MethodConfig, TrainConfig
 from tunekit.data.batches import collate
 from tunekit.data.template import tokenize_chat
-from tunekit.export.basic import export_merged
+from tunekit.export.merge import export_merged
 from tunekit.models.loading import load_model
+from tunekit.models.tuned import Target
 from tunekit.train import checkpoint
 from tunekit.train.methods import apply_method
 from tunekit.train.optim import make_optimizer, make_scheduler
@@ -70,7 +71,8 @@ def test_adapter_loads_in_peft_and_merges_for_transformers(tmp_path, tiny_model_
     checkpoint.load_weights(ckpt, resumed)  # how a resumed run reloads it
     assert torch.equal(_logits(resumed, batch), want)
 
-    out, _ = export_merged(run_dir, tiny_model_dir, tiny_tokenizer, tmp_path / "merged")
+    out = tmp_path / "merged"
+    export_merged(Target(model=tiny_model_dir, tokenizer=tiny_model_dir, adapter=ckpt), out, "float32")
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     assert not any("lora" in n or "modules_to_save" in n for n, _ in merged.named_parameters())
     assert float((_logits(merged, batch) - want).abs().max()) < MERGED_TOLERANCE
@@ -83,7 +85,8 @@ def test_untied_lm_head_adapter_round_trips(tmp_path, untied_model_dir, tiny_tok
     model, run_dir, ckpt = _trained_run(tmp_path, untied_model_dir, batch, method)
     want = _logits(model, batch)
     assert torch.equal(_logits(PeftModel.from_pretrained(load_model(untied_model_dir), str(ckpt)), batch), want)
-    out, _ = export_merged(run_dir, untied_model_dir, tiny_tokenizer, tmp_path / "merged")
+    out = tmp_path / "merged"
+    export_merged(Target(model=untied_model_dir, tokenizer=untied_model_dir, adapter=ckpt), out, "float32")
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     assert float((_logits(merged, batch) - want).abs().max()) < MERGED_TOLERANCE
 
@@ -98,5 +101,6 @@ def test_full_checkpoint_is_a_plain_transformers_folder(tmp_path, tiny_model_dir
     plain = AutoModelForCausalLM.from_pretrained(str(ckpt))
     assert torch.equal(_logits(plain, batch), want)
     assert plain.lm_head.weight is plain.model.embed_tokens.weight  # still tied after saving
-    out, _ = export_merged(run_dir, tiny_model_dir, tiny_tokenizer, tmp_path / "merged")
+    out = tmp_path / "merged"
+    export_merged(Target(model=ckpt, tokenizer=tiny_model_dir), out, "float32")
     assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(str(out)), batch), want)
