@@ -30,6 +30,16 @@ def _umask() -> int:
     return mask
 
 
+def readable(folder: str | Path) -> None:
+    """Give every file in `folder` the mode a new file gets under the umask (0644 usually).
+
+    safetensors writes through a private temporary file (0600); an exported model is meant to be
+    copied, mounted into a container and served by another user."""
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            os.chmod(f, 0o666 & ~_umask())
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     with open_write(path, binary=True) as f:

@@ -112,30 +112,40 @@ def _cmd_stage(args) -> int:
     return 0
 
 
-def _cmd_export(args) -> int:
-    import yaml
+def _export_settings(saved: dict, chosen: dict):
+    """ExportConfig from the run's (or config's) export section with the command line's choices on top."""
+    from pydantic import ValidationError
 
+    from tunekit.config import ExportConfig
+    from tunekit.errors import ConfigError
+
+    try:
+        return ExportConfig.model_validate({**saved, **chosen})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"export.{first['loc'][0]}: {first['msg']}") from None
+
+
+def _cmd_export(args) -> int:
     from tunekit import pipeline
-    from tunekit.config import ExportConfig, load_config
+    from tunekit.config import load_config
     from tunekit.errors import ConfigError
     from tunekit.export.run import export_target, parse_formats
-    from tunekit.models.tuned import resolve_target
+    from tunekit.models.tuned import resolve_target, run_config
 
     chosen = {"formats": parse_formats(args.format) if args.format else None, "dtype": args.dtype,
               "gguf_type": args.gguf_type, "check_answers": args.check_answers}
     chosen = {k: v for k, v in chosen.items() if v is not None}
     if args.target.endswith((".yaml", ".yml")) and Path(args.target).is_file():
         cfg = load_config(args.target, args.overrides)
-        cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update=chosen)})
+        cfg = cfg.model_copy(update={"export": _export_settings(cfg.export.model_dump(), chosen)})
         pipeline.run_stage(cfg, pipeline.run_dir_for(cfg, args.runs_dir), "export", force=True)
         return 0
     if args.overrides:
         raise ConfigError(f"key=value overrides apply to a config YAML, and {args.target} is not one; use the options (--format ...)")
     target = resolve_target(args.target, base=args.base, runs_dir=args.runs_dir)
-    saved = {}
-    if target.run_dir is not None:  # the run's own export settings are the defaults
-        saved = (yaml.safe_load((target.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("export") or {}
-    e = ExportConfig.model_validate({**saved, **chosen})
+    # A run's own export settings are the defaults.
+    e = _export_settings(run_config(target.run_dir).get("export") or {} if target.run_dir else {}, chosen)
     if not e.formats:
         raise ConfigError("no export format: give --format adapter|merged|gguf|ollama (several allowed)")
     if args.out is None and target.run_dir is None:

@@ -5,6 +5,7 @@ logits and greedy answers of the model that was trained; and the CLI's choices a
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -123,3 +124,49 @@ def test_cli_needs_an_output_folder_for_an_adapter(exported, capsys):
     _, run_dir, _ = exported
     assert main(["export", str(run_dir / "export" / "adapter"), "--format", "merged"]) == 2
     assert "give --out FOLDER" in capsys.readouterr().err
+
+
+def test_an_export_that_fails_its_check_leaves_no_file(exported, tmp_path, monkeypatch):
+    from tunekit.errors import CheckpointError
+    from tunekit.export import gguf, merge
+    from tunekit.export.run import export_target
+    from tunekit.models.tuned import resolve_target
+
+    _, run_dir, _ = exported
+    target = resolve_target(str(run_dir))
+    monkeypatch.setitem(merge.TOLERANCE, "bfloat16", 0.0)
+    with pytest.raises(CheckpointError, match="not writing"):
+        export_target(target, ["merged"], tmp_path, dtype="bfloat16", check_answers=0)
+    monkeypatch.setitem(gguf.TOLERANCES, "f16", (0.0, 0.0))
+    with pytest.raises(CheckpointError, match="do not ship it"):
+        export_target(target, ["gguf"], tmp_path, check_answers=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no merged/, no model.gguf, no scratch, no export.json
+
+
+def test_files_of_an_earlier_export_are_named_stale(exported, tmp_path):
+    from tunekit.export.run import export_target
+    from tunekit.models.tuned import resolve_target
+
+    _, run_dir, _ = exported
+    (tmp_path / "model.gguf").write_bytes(b"GGUF from an older model")
+    report = export_target(resolve_target(str(run_dir)), ["adapter"], tmp_path, check_answers=0)
+    assert report["stale"] == ["model.gguf"]
+    assert json.loads((tmp_path / "export.json").read_text())["formats"] == ["adapter"]
+
+
+def test_an_exported_adapter_names_the_hub_base_of_a_registry_model(tmp_path):
+    from tunekit.export.adapter import portable_base
+    from tunekit.models.tuned import Target
+
+    (tmp_path / "config.yaml").write_text("model: {base: smollm2-135m-instruct}\n")
+    target = Target(model=tmp_path, tokenizer=tmp_path, adapter=tmp_path, run_dir=tmp_path)
+    assert portable_base(target) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "config.yaml").write_text(f"model: {{base: {tmp_path}}}\n")
+    assert portable_base(target) is None  # a local folder: keep what training recorded
+
+
+def test_exported_files_are_readable_by_others(exported):
+    _, run_dir, _ = exported
+    for f in (run_dir / "export").rglob("*"):
+        if f.is_file():
+            assert f.stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044, f

@@ -130,3 +130,39 @@ def test_an_architecture_transformers_cannot_generate_with_is_named(tmp_path, mo
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     with pytest.raises(ModelError, match=f"is a '{model_type}' model, which transformers .* cannot load as a causal"):
         load_model(tmp_path)
+
+
+def _perturbed_copy(src, dst, noise: float, dtype=None):
+    """`src` with every weight moved by `noise` of its own scale (a fine-tuned sibling), optionally cast."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * p.std() * noise)
+    model.to(dtype or torch.float32).save_pretrained(str(dst))
+    build_tokenizer().save_pretrained(str(dst))
+    return dst
+
+
+def test_a_fine_tuned_sibling_of_the_base_is_refused(adapter, tmp_path, tiny_model_dir):
+    sibling = _perturbed_copy(tiny_model_dir, tmp_path / "sibling", noise=0.05)
+    with pytest.raises(ModelError, match="different model of the same shapes"):
+        resolve_target(str(adapter), base=str(sibling))
+
+
+def test_a_bf16_copy_of_the_base_is_the_same_model(adapter, tmp_path, tiny_model_dir):
+    copy = _perturbed_copy(tiny_model_dir, tmp_path / "bf16", noise=0.0, dtype=torch.bfloat16)
+    assert resolve_target(str(adapter), base=str(copy)).model == copy
+
+
+def test_embedding_lora_is_checked_by_shape(tiny_model_dir, tmp_path):
+    adapter = make_adapter(tiny_model_dir, tmp_path / "emb", targets=("embed_tokens",))
+    from tunekit.models.tuned import _base_key, _shapes
+
+    keys = [k for k in _shapes(adapter) if "lora_embedding" in k]
+    assert keys and all(_base_key(k)[0] == "model.embed_tokens.weight" for k in keys)
+    wide = save_model(tmp_path / "wide", hidden_size=64, intermediate_size=128)
+    with pytest.raises(ModelError, match="lora_embedding_B"):
+        check_adapter(adapter, wide)

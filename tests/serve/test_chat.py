@@ -182,13 +182,17 @@ def test_stream_holds_back_half_characters(tiny_tokenizer):
 
 
 def test_sampling_repeats_with_a_seed(lively_dir, monkeypatch, capsys):
-    outs = []
-    for _ in range(2):
+    def answer(*options: str) -> str:
         monkeypatch.setattr(sys, "stdin", io.StringIO(f"{USER}\n"))
-        assert main(["chat", str(lively_dir), "--temperature", "1.5", "--top-p", "0.9", "--seed", "7",
-                     "--max-new-tokens", str(NEW)]) == 0
-        outs.append(capsys.readouterr().out)
-    assert outs[0] == outs[1] and "sampling (temperature 1.5, top-p 0.9)" in outs[0]
+        assert main(["chat", str(lively_dir), *options, "--max-new-tokens", str(NEW)]) == 0
+        out = capsys.readouterr().out
+        assert ("sampling (temperature 1.5, top-p 0.9)" in out) == bool(options)
+        return out.split(f"> {USER}\n")[1].splitlines()[0]
+
+    sampled = [answer("--temperature", "1.5", "--top-p", "0.9", "--seed", seed) for seed in ("7", "7", "8")]
+    assert sampled[0] == sampled[1]  # the same seed, the same answer
+    # ...and sampling does sample: another seed, and greedy decoding, answer otherwise
+    assert len({sampled[0], sampled[2], answer()}) == 3
 
 
 def test_cli_chat_on_an_adapter_and_a_missing_adapter_file(lively_dir, adapter_a, tmp_path, monkeypatch, capsys):

@@ -135,3 +135,122 @@ def test_cli_generate_fails_before_loading(lively_dir, adapter_a, tmp_path, monk
     err = capsys.readouterr().err
     assert "tunekit: checkpoint error:" in err and "missing adapter_model.safetensors" in err
     assert not default_output(good).exists()
+
+
+# -- answers written in chunks, resumed after an interruption ------------------------------------
+
+MORE = ROWS + [{"prompt": f"Question {i}: how do I reset my password?"} for i in range(5)]  # 10 prompts
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Every greedy_answers call as (label, prompts received); `calls.fail_on = n` makes call n a Ctrl-C,
+    `calls.fake = True` answers without the model."""
+    import tunekit.eval.generate as gen
+
+    real, seen = gen.greedy_answers, []
+
+    class Calls(list):
+        fail_on, fake = 0, False
+
+    seen = Calls()
+
+    def spy(model, tokenizer, conversations, max_new_tokens, batch_size, label):
+        seen.append((label, len(conversations)))
+        if len(seen) == seen.fail_on:
+            raise KeyboardInterrupt
+        if seen.fake:
+            return [f"answer to {c[-1]['content']}" for c in conversations]
+        return real(model, tokenizer, conversations, max_new_tokens, batch_size, label)
+
+    monkeypatch.setattr(gen, "greedy_answers", spy)
+    return seen
+
+
+def lines_of_file(path):
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def test_interrupted_run_keeps_its_chunks_and_resumes(lively_dir, tmp_path, calls):
+    prompts = read_prompts(write_jsonl(tmp_path / "p.jsonl", MORE))
+    model, tok = load_model(lively_dir).eval(), load_tokenizer(lively_dir)
+    whole = generate_file(model, tok, prompts, tmp_path / "whole.jsonl", "lively", NEW, batch_size=1)
+    want = lines_of_file(whole.path)
+    # chunks of 4 batches of 1, in input order, each labelled with where it is in the whole
+    assert calls == [("generate 1-4 of 10", 4), ("generate 5-8 of 10", 4), ("generate 9-10 of 10", 2)]
+
+    out, said = tmp_path / "out.jsonl", []
+    calls.clear()
+    calls.fail_on = 2
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(model, tok, prompts, out, "lively", NEW, batch_size=1, say=said.append)
+    assert not out.exists() and said == [f"generate: 4 of 10 answers are kept in {out}.partial"]
+    assert lines_of_file(tmp_path / "out.jsonl.partial")[1:] == want[:4]  # after the header line
+
+    calls.clear()
+    calls.fail_on, said[:] = 0, []
+    written = generate_file(model, tok, prompts, out, "lively", NEW, batch_size=1, say=said.append)
+    assert [n for _, n in calls] == [4, 2]  # only the prompts not yet answered
+    assert said == [f"generate: resuming after 4 answers (kept in {out}.partial); 6 to go"]
+    assert lines_of_file(out) == want and not (tmp_path / "out.jsonl.partial").exists()
+    assert (written.answers, written.resumed) == (10, 4) and 0 < written.tokens < whole.tokens
+
+
+def test_a_partial_for_other_prompts_or_settings_is_discarded(lively_dir, tmp_path, calls):
+    tok = load_tokenizer(lively_dir)
+    calls.fake, calls.fail_on = True, 2
+    out, said = tmp_path / "out.jsonl", []
+    first = read_prompts(write_jsonl(tmp_path / "a.jsonl", MORE))
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(None, tok, first, out, "lively", NEW, batch_size=1, say=said.append)
+
+    other = read_prompts(write_jsonl(tmp_path / "b.jsonl", MORE[:3] + [{"prompt": "Something else?"}] + MORE[4:]))
+    for prompts, new, why in [(other, NEW, "other prompts (the input file or --system)"), (first, NEW + 1, f"--max-new-tokens {NEW}"),
+                              (read_prompts(tmp_path / "a.jsonl", system="Be brief."), NEW, "other prompts")]:
+        calls.clear()
+        calls.fail_on, said[:] = 2, []
+        with pytest.raises(KeyboardInterrupt):
+            generate_file(None, tok, prompts, out, "lively", new, batch_size=1, say=said.append)
+        assert why in said[0] and said[0].endswith("; starting over") and calls[0] == ("generate 1-4 of 10", 4)
+
+    calls.clear()
+    calls.fail_on, said[:] = 0, []
+    generate_file(None, tok, first, out, "other-model", NEW, batch_size=1, say=said.append)
+    assert "another model (lively)" in said[0] and [n for _, n in calls] == [4, 4, 2]
+    rows = read_jsonl(out)
+    assert [r["answer"] for r in rows] == [f"answer to {p.messages[-1]['content']}" for p in first]
+    assert {r["model"] for r in rows} == {"other-model"}
+
+
+def test_a_torn_last_line_is_cut_off(lively_dir, tmp_path, calls):
+    tok = load_tokenizer(lively_dir)
+    prompts = read_prompts(write_jsonl(tmp_path / "p.jsonl", MORE))
+    calls.fake, calls.fail_on = True, 2
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(None, tok, prompts, out, "lively", NEW, batch_size=1, say=print)
+    partial = tmp_path / "out.jsonl.partial"
+    with open(partial, "a", encoding="utf-8") as f:  # a crash while the next chunk was written
+        f.write(json.dumps({**prompts[4].record, "answer": "x", "model": "lively"}) + "\n" + '{"prompt": "Quest')
+    calls.clear()
+    calls.fail_on = 0
+    generate_file(None, tok, prompts, out, "lively", NEW, batch_size=1, say=print)
+    assert calls == [("generate 6-9 of 10", 4), ("generate 10-10 of 10", 1)]  # the whole line written before the crash is kept
+    assert [r["answer"] for r in read_jsonl(out)] == [f"answer to {p.messages[-1]['content']}" for p in prompts[:4]] + [
+        "x"] + [f"answer to {p.messages[-1]['content']}" for p in prompts[5:]]
+
+
+def test_cli_ctrl_c_then_rerun(lively_dir, tmp_path, calls, capsys):
+    source = write_jsonl(tmp_path / "p.jsonl", MORE)
+    args = ["generate", str(lively_dir), "--input", str(source), "--batch-size", "1", "--max-new-tokens", str(NEW)]
+    calls.fake, calls.fail_on = True, 3
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    partial = default_output(source).with_name("p.answers.jsonl.partial")
+    assert f"8 of 10 answers are kept in {partial}" in err and "rerun the same command to resume" in err
+    calls.clear()
+    calls.fail_on = 0
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "resuming after 8 answers" in captured.err and calls == [("generate 9-10 of 10", 2)]
+    assert captured.out.strip().splitlines()[-1].startswith("10 answers, ") and len(read_jsonl(default_output(source))) == 10

@@ -14,7 +14,7 @@ from test_methods import train_two_steps
 from tunekit.config import MethodConfig, TrainConfig
 from tunekit.data.batches import collate
 from tunekit.data.template import tokenize_chat
-from tunekit.export.merge import export_merged
+from tunekit.export.merge import export_merged, merged_fp32
 from tunekit.models.loading import load_model
 from tunekit.models.tuned import Target
 from tunekit.train import checkpoint
@@ -72,7 +72,8 @@ def test_adapter_loads_in_peft_and_merges_for_transformers(tmp_path, tiny_model_
     assert torch.equal(_logits(resumed, batch), want)
 
     out = tmp_path / "merged"
-    export_merged(Target(model=tiny_model_dir, tokenizer=tiny_model_dir, adapter=ckpt), out, "float32")
+    target = Target(model=tiny_model_dir, tokenizer=tiny_model_dir, adapter=ckpt)
+    export_merged(target, out, "float32", merged_fp32(target))
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     assert not any("lora" in n or "modules_to_save" in n for n, _ in merged.named_parameters())
     assert float((_logits(merged, batch) - want).abs().max()) < MERGED_TOLERANCE
@@ -86,7 +87,8 @@ def test_untied_lm_head_adapter_round_trips(tmp_path, untied_model_dir, tiny_tok
     want = _logits(model, batch)
     assert torch.equal(_logits(PeftModel.from_pretrained(load_model(untied_model_dir), str(ckpt)), batch), want)
     out = tmp_path / "merged"
-    export_merged(Target(model=untied_model_dir, tokenizer=untied_model_dir, adapter=ckpt), out, "float32")
+    target = Target(model=untied_model_dir, tokenizer=untied_model_dir, adapter=ckpt)
+    export_merged(target, out, "float32", merged_fp32(target))
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     assert float((_logits(merged, batch) - want).abs().max()) < MERGED_TOLERANCE
 
@@ -102,5 +104,6 @@ def test_full_checkpoint_is_a_plain_transformers_folder(tmp_path, tiny_model_dir
     assert torch.equal(_logits(plain, batch), want)
     assert plain.lm_head.weight is plain.model.embed_tokens.weight  # still tied after saving
     out = tmp_path / "merged"
-    export_merged(Target(model=ckpt, tokenizer=tiny_model_dir), out, "float32")
+    target = Target(model=ckpt, tokenizer=tiny_model_dir)
+    export_merged(target, out, "float32", merged_fp32(target))
     assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(str(out)), batch), want)

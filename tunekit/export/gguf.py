@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tunekit import atomic
+from tunekit.data.template import prompt_ids
 from tunekit.errors import CheckpointError, ConfigError, ModelError
 from tunekit.export.gguf_meta import tokenizer_meta
 from tunekit.progress import Bar
@@ -84,14 +85,16 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "f16") -> dict:
         # the logical shape with a non-uint8 dtype: the writer takes it as is and reverses it to ggml order
         writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
     with _atomic_path(out_file) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        with Bar(f"gguf {qtype}", len(plan)) as bar:
-            for data in _converted(plan, cfg, arch):
-                writer.write_tensor_data(data)
-                bar.update()
-        writer.close()
+        try:
+            writer.write_header_to_file(tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            with Bar(f"gguf {qtype}", len(plan)) as bar:
+                for data in _converted(plan, cfg, arch):
+                    writer.write_tensor_data(data)
+                    bar.update()
+        finally:
+            writer.close()  # also on a failed conversion: the temporary file is deleted, its handle must go too
     fallback = [t.gguf_name for t in plan if qtype == "q8_0" and t.ggml_type == _GGML.F16]
     return {
         "file": str(out_file), "architecture": arch, "qtype": qtype, "tensors": len(plan),
@@ -238,7 +241,7 @@ def verify_gguf(gguf_file: Path, model_dir: Path, qtype: str, also: Callable | N
     gguf_file, model_dir = Path(gguf_file), Path(model_dir)
     hf_tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     text = hf_tok.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
-    ids = hf_tok(text)["input_ids"]
+    ids = prompt_ids(hf_tok, _PROBE)  # as training and eval build prompts: one BOS, never two
     # one model in memory at a time: the reference's logits, then the file's
     ref, ref_cont = _probe(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True), ids)
     with _alone(gguf_file) as folder:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,74 +57,86 @@ def logit_gap(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict:
     return {"max_logit_gap": gap, "relative_gap": gap / max(scale, 1.0), "next_token_agrees": f"{agree}/{len(want)}"}
 
 
-def merged_fp32(target: Target):
-    """(model, tokenizer, reference logits, merge gap): the tuned model merged in fp32, and the
-    probe logits of the unmerged adapter model it must reproduce (a full fine-tune or plain
-    model is its own reference, gap 0)."""
+@dataclass
+class Merged:
+    model: object  # the merged fp32 model (None once every format that needs it is written)
+    tokenizer: object
+    want: list[torch.Tensor]  # the unmerged adapter model's probe logits: what every export must reproduce
+    merge_gap: float  # fp32 merge vs adapter model, as a share of the logit scale
+    answers: list[str] | None  # the adapter model's greedy answers to the check questions
+
+
+def merged_fp32(target: Target, questions: list[list[dict]] | None = None, answer=None) -> Merged:
+    """The tuned model merged in fp32, with the probe logits and check answers of the unmerged
+    adapter model it must reproduce (a full fine-tune or plain model is its own reference).
+
+    `answer(model, tokenizer, questions, label) -> list[str]` gives the reference answers, asked
+    before merging so the adapter model is never loaded twice."""
     from tunekit.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(target.tokenizer)
     model = load_model(target.model, "float32").eval()
-    if target.adapter is None:
-        return model, tokenizer, probe_logits(model, tokenizer), 0.0
-    from peft import PeftModel
+    if target.adapter is not None:
+        from peft import PeftModel
 
-    model = PeftModel.from_pretrained(model, str(target.adapter)).eval()
+        model = PeftModel.from_pretrained(model, str(target.adapter)).eval()
     want = probe_logits(model, tokenizer)
+    answers = answer(model, tokenizer, questions, "check adapter") if questions and answer else None
+    if target.adapter is None:
+        return Merged(model, tokenizer, want, 0.0, answers)
     model = model.merge_and_unload().eval()
     gap = logit_gap(probe_logits(model, tokenizer), want)["relative_gap"]
     if gap > TOLERANCE["float32"]:
         raise CheckpointError(f"merging {target.adapter} moved the logits by {gap:.1e} of their scale in fp32 "
                               f"(> {TOLERANCE['float32']}); this is a bug, not exporting")
-    return model, tokenizer, want, gap
+    return Merged(model, tokenizer, want, gap, answers)
 
 
-def choose_dtype(dtype: str, model_dir: Path) -> str:
+def choose_dtype(dtype: str, base_dir: Path) -> str:
     """`auto` is the dtype the base model was published in (config.json), so the export is the base's size."""
     if dtype not in MERGE_DTYPES:
         raise ConfigError(f"export.dtype {dtype!r} is not one of {', '.join(MERGE_DTYPES)}")
     if dtype != "auto":
         return dtype
-    config = json.loads((model_dir / "config.json").read_text())
+    config = json.loads((base_dir / "config.json").read_text())
     found = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return found if found in _TORCH else "float32"
 
 
-def save_folder(model, tokenizer, out: Path, dtype: str, source: Path) -> None:
-    """Write `model` cast to `dtype` with tokenizer, chat template and generation config, atomically."""
+def write_folder(model, tokenizer, folder: Path, dtype: str, source: Path) -> None:
+    """Write `model` cast to `dtype` with tokenizer, chat template and generation config into `folder`."""
     model.config.use_cache = True
     # Cast a copy of the weights, never the model: it stays fp32 for the GGUF export. One cast
     # per storage keeps tied weights (SmolLM2's head is its embedding) tied, so saved once.
     cast, seen = {}, {}
     for name, w in model.state_dict().items():
         cast[name] = seen.setdefault(w.data_ptr(), w.to(_TORCH[dtype]))
-    with atomic.directory(out) as tmp:
-        model.save_pretrained(tmp, state_dict=cast, safe_serialization=True)
-        config = json.loads((tmp / "config.json").read_text())
-        config["dtype"] = dtype  # transformers writes the in-memory model's dtype (fp32)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        tokenizer.save_pretrained(tmp)
-        for name in ("generation_config.json",):  # the base's stop tokens and defaults, when the model lacks its own
-            if not (tmp / name).is_file() and (source / name).is_file():
-                shutil.copy2(source / name, tmp / name)
+    model.save_pretrained(folder, state_dict=cast, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["dtype"] = dtype  # transformers writes the in-memory model's dtype (fp32)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+    if not (folder / "generation_config.json").is_file() and (source / "generation_config.json").is_file():
+        shutil.copy2(source / "generation_config.json", folder / "generation_config.json")  # the base's stop tokens
+    atomic.readable(folder)
 
 
-def export_merged(target: Target, out: Path, dtype: str = "auto", merged=None) -> dict:
-    """Merge (unless `merged` = merged_fp32(target) is given), write `out`, load it back and compare.
+def export_merged(target: Target, out: Path, dtype: str, merged: Merged, also=None) -> dict:
+    """Write the merged model to `out` in `dtype`, load it back the way a user would and compare its
+    logits with the adapter model's; `out` appears only if the check passes.
 
-    Returns the figures: dtype, merge gap (fp32), and the written folder's gap from the adapter model.
-    """
+    `also(model) -> dict`: more checks on the loaded-back model, merged into the figures."""
     from tunekit.models.loading import load_model
 
-    model, tokenizer, want, merge_gap = merged or merged_fp32(target)
-    dtype = choose_dtype(dtype, target.model)
-    save_folder(model, tokenizer, out, dtype, target.model)
-    back = load_model(out, "float32").eval()  # what a user gets: the saved weights, upcast to compute
-    figures = {"path": str(out), "dtype": dtype, "merge_relative_gap_fp32": merge_gap,
-               **logit_gap(probe_logits(back, tokenizer), want), "tolerance": TOLERANCE[dtype]}
-    del back
-    if figures["relative_gap"] > TOLERANCE[dtype]:
-        raise CheckpointError(f"the merged {dtype} model written to {out} differs from the adapter model by "
-                              f"{figures['max_logit_gap']:.3g} in the logits ({figures['relative_gap']:.2%} of their scale, "
-                              f"tolerance {TOLERANCE[dtype]:.2%}); it was written but should not be used")
+    dtype = choose_dtype(dtype, target.tokenizer)  # the base folder, also for a full fine-tune
+    with atomic.directory(out) as tmp:
+        write_folder(merged.model, merged.tokenizer, tmp, dtype, target.tokenizer)
+        back = load_model(tmp, "float32").eval()  # the saved weights, upcast to compute
+        figures = {"path": str(out), "dtype": dtype, "merge_relative_gap_fp32": merged.merge_gap,
+                   **logit_gap(probe_logits(back, merged.tokenizer), merged.want), "tolerance": TOLERANCE[dtype]}
+        if figures["relative_gap"] > TOLERANCE[dtype]:
+            raise CheckpointError(f"the merged {dtype} model differs from the adapter model by {figures['max_logit_gap']:.3g} "
+                                  f"in the logits ({figures['relative_gap']:.2%} of their scale, tolerance "
+                                  f"{TOLERANCE[dtype]:.2%}); not writing {out}")
+        figures.update(also(back) if also else {})
     return figures

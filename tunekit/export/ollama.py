@@ -165,11 +165,15 @@ def modelfile(gguf_name: str, p: Pieces, stops: list[str], context: int | None, 
     template = go_template(p)
     if '"""' in template or (p.default_system and '"""' in p.default_system):
         raise CheckpointError('the chat template contains """, which a Modelfile cannot quote')
+    bad = [s for s in stops if '"' in s or not s.isprintable()]
+    if bad:
+        raise CheckpointError(f"stop strings {bad} contain a quote or an unprintable character, which a Modelfile cannot carry")
     lines = [f"# Ollama Modelfile for {label}, written by tunekit. Create the model with:",
              f"#   ollama create {label.lower()} -f Modelfile", f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     if p.default_system:
         lines.append(f'SYSTEM """{p.default_system}"""')
-    lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops]
+    # Ollama's Modelfile parser strips the quotes and applies no escapes: a stop is written as is.
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
     if context:
         lines.append(f"PARAMETER num_ctx {min(context, MAX_NUM_CTX)}")
     return "\n".join(lines) + "\n"

@@ -13,12 +13,13 @@ questions greedily and must give the adapter model's answers; the counts are rec
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from tunekit import atomic
-from tunekit.errors import ConfigError
+from tunekit.errors import CheckpointError, ConfigError
 from tunekit.models.tuned import Target
 from tunekit.progress import console
 
@@ -58,6 +59,7 @@ def check_questions(target: Target, n: int) -> list[list[dict]]:
 
 
 def _answers(model, tokenizer, questions: list[list[dict]], label: str) -> list[str]:
+    """Greedy answers, all questions in one batch (a handful: the check is about equality, not speed)."""
     from tunekit.eval.generate import greedy_answers
 
     return greedy_answers(model, tokenizer, questions, ANSWER_TOKENS, len(questions), label)
@@ -72,81 +74,95 @@ def _agreement(name: str, got: list[str], want: list[str]) -> dict:
     return {"identical_answers": same, "questions": len(want), "differing": differing}
 
 
+# What each format leaves in the output folder.
+ARTIFACTS = {"adapter": "adapter", "merged": "merged", "gguf": "model.gguf", "ollama": "Modelfile"}
+
+
 def export_target(target: Target, formats: list[str], out: Path, dtype: str = "auto", gguf_type: str = "f16",
                   check_answers: int = 5) -> dict:
-    """Write and verify each format under `out`; returns (and writes to out/export.json) the figures."""
+    """Write and verify each format under `out`; returns (and writes to out/export.json) the figures.
+
+    Each format's files appear only once its checks pass. export.json describes this export only;
+    files an earlier export left for formats not written now are named in it as stale."""
     from tunekit.export.adapter import export_adapter
-    from tunekit.export.merge import export_merged, merged_fp32
+    from tunekit.export.merge import choose_dtype, export_merged, merged_fp32
 
     t0 = time.time()
     formats = parse_formats(formats)
-    done: dict = {"source": target.label, "model": str(target.model), "adapter": str(target.adapter) if target.adapter else None}
+    if "ollama" in formats and "gguf" not in formats:
+        formats.insert(formats.index("ollama"), "gguf")  # the Modelfile's FROM
+    (out / "export.json").unlink(missing_ok=True)  # never left describing files about to change
+    done: dict = {"source": target.label, "model": str(target.model), "adapter": str(target.adapter) if target.adapter else None,
+                  "formats": formats}
     questions = check_questions(target, check_answers)
-    merged = merged_fp32(target) if set(formats) & {"merged", "gguf", "ollama"} else None
-    want = merged[2] if merged else None
-    ref_answers = None
-    if questions and merged:
-        ref_answers = _reference_answers(target, merged[1], questions)
+    merged = merged_fp32(target, questions, _answers) if set(formats) & {"merged", "gguf"} else None
+    if merged is not None and merged.answers is not None:
         done["check_questions"] = len(questions)
     if "adapter" in formats:
-        done["adapter"] = export_adapter(target, out / "adapter", want)
+        done["adapter"] = export_adapter(target, out / "adapter", merged.want if merged else None)
         console.print(f"adapter (PEFT format): {out / 'adapter'}; peft loads it with identical logits")
     if "merged" in formats:
-        done["merged"] = export_merged(target, out / "merged", dtype, merged)
-        m = done["merged"]
+        strict = choose_dtype(dtype, target.tokenizer) == "float32"
+        m = done["merged"] = export_merged(target, out / "merged", dtype, merged,
+                                           also=lambda model: _answer_check("merged", model, merged, questions, strict))
         console.print(f"merged model ({m['dtype']}): {out / 'merged'}; max logit difference from the adapter model "
                       f"{m['max_logit_gap']:.2g} ({m['relative_gap']:.2%} of the logit scale)")
-        if ref_answers is not None:
-            from tunekit.models.loading import load_model
-
-            got = _answers(load_model(out / "merged", "float32").eval(), merged[1], questions, "check merged")
-            done["merged"]["answers"] = _agreement("merged", got, ref_answers)
-    if {"gguf", "ollama"} & set(formats):
-        done["gguf"] = _export_gguf(target, out, merged, gguf_type, done.get("merged"), questions, ref_answers)
+    if "gguf" in formats:
+        done["gguf"] = _export_gguf(target, out, merged, gguf_type, done.get("merged"), questions)
+    if merged is not None:
+        merged.model = None  # what follows needs only the tokenizer
     if "ollama" in formats:
         from tunekit.export.ollama import export_ollama
         from tunekit.models.catalog import read_context_length
 
-        done["ollama"] = export_ollama(out, out / "model.gguf", merged[1], read_context_length(target.model), target.label)
+        done["ollama"] = export_ollama(out, out / "model.gguf", merged.tokenizer, read_context_length(target.model), target.label)
         console.print(f"Ollama Modelfile: {out / 'Modelfile'} (stop {', '.join(done['ollama']['stop'])}); "
                       f"`cd {out} && ollama create {target.label.lower()} -f Modelfile`")
+    done["stale"] = [name for fmt, name in ARTIFACTS.items() if fmt not in formats and (out / name).exists()]
+    for name in done["stale"]:
+        console.print(f"[yellow]note[/] {out / name} is from an earlier export, not rewritten now; it may not match this model")
     done["seconds"] = round(time.time() - t0, 1)
     atomic.write_json(out / "export.json", done)
     return done
 
 
-def _reference_answers(target: Target, tokenizer, questions: list[list[dict]]) -> list[str]:
-    """The adapter model's own greedy answers (unmerged: what training and peft produce)."""
-    from tunekit.models.tuned import load_target
-
-    model, _ = load_target(target, "float32")
-    return _answers(model, tokenizer, questions, "check adapter")
+def _answer_check(name: str, model, merged, questions: list[list[dict]], strict: bool) -> dict:
+    """The loaded-back model's greedy answers against the adapter model's. With `strict` (an fp32
+    export: logits within ~1e-5) a changed answer is a bug and refused; a cast or quantized export
+    may flip a near-tie, which is reported with both answers."""
+    if merged.answers is None:
+        return {}
+    result = _agreement(name, _answers(model, merged.tokenizer, questions, f"check {name}"), merged.answers)
+    if strict and result["differing"]:
+        raise CheckpointError(f"the fp32 {name} model answers {len(result['differing'])} of {len(questions)} check questions "
+                              f"differently from the adapter model; this is a bug, not exporting")
+    return {"answers": result}
 
 
 def _export_gguf(target: Target, out: Path, merged, gguf_type: str, merged_done: dict | None,
-                 questions: list[list[dict]], ref_answers: list[str] | None) -> dict:
-    """model.gguf from the fp32 merge (never from a bf16/f16 export: that would round twice)."""
+                 questions: list[list[dict]]) -> dict:
+    """model.gguf from the fp32 merge (never from a bf16/f16 export: that would round twice),
+    written and verified in a scratch folder, then moved into `out`."""
     from tunekit.export.gguf import verify_gguf, write_gguf
-    from tunekit.export.merge import save_folder
+    from tunekit.export.merge import write_folder
 
-    if merged_done and merged_done["dtype"] == "float32":
-        src, scratch = out / "merged", None
-    else:
-        scratch = out / ".gguf-source"
-        save_folder(merged[0], merged[1], scratch, "float32", target.model)
-        src = scratch
+    scratch = out / ".gguf-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
     try:
-        figures = write_gguf(src, out / "model.gguf", gguf_type)
-
-        def answers(model) -> dict:  # asked of the model read back from the file, while it is loaded
-            return {"answers": _agreement("gguf", _answers(model, merged[1], questions, "check gguf"), ref_answers)}
-
-        check = verify_gguf(out / "model.gguf", src, gguf_type, also=answers if ref_answers is not None else None)
-        figures.update(check)
-        console.print(f"GGUF ({gguf_type}): {out / 'model.gguf'}; read back by transformers, max logit difference "
-                      f"{check['max_logit_gap']:.2g} (tolerance {check['tolerance']:.2g})")
+        if merged_done and merged_done["dtype"] == "float32":
+            src = out / "merged"
+        else:
+            src = scratch / "source"
+            src.mkdir(parents=True)
+            write_folder(merged.model, merged.tokenizer, src, "float32", target.tokenizer)
+        unverified = scratch / "model.gguf"
+        figures = write_gguf(src, unverified, gguf_type)
+        figures.update(verify_gguf(unverified, src, gguf_type,
+                                   also=lambda model: _answer_check("gguf", model, merged, questions, strict=False)))
+        os.replace(unverified, out / "model.gguf")
+        figures["file"] = str(out / "model.gguf")
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    console.print(f"GGUF ({gguf_type}): {out / 'model.gguf'}; read back by transformers, max logit difference "
+                  f"{figures['max_logit_gap']:.2g} (tolerance {figures['tolerance']:.2g})")
     return figures
-

@@ -19,8 +19,10 @@ from tunekit.errors import CheckpointError, ModelError
 from tunekit.models._log import say
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Rows of the embedding compared to tell two same-shaped bases apart; bf16 and fp32 copies
-# of one model agree within bf16 rounding (2^-8 relative), different models do not.
+# Rows compared to tell two same-shaped bases apart, spread over the whole tensor (the first
+# rows of an embedding are special and byte tokens, which a fine-tune moves least). bf16 and
+# fp32 copies of one model agree within bf16 rounding (2^-8 relative); a fine-tuned sibling
+# (base vs -Instruct) does not.
 _IDENTITY_ROWS = 64
 _IDENTITY_RTOL = 1e-2
 
@@ -32,6 +34,16 @@ class Target:
     adapter: Path | None = None  # PEFT adapter folder to put on `model`
     label: str = ""
     run_dir: Path | None = None
+
+
+def run_config(run_dir: Path) -> dict:
+    """The run's resolved config (config.yaml, every default written out) as plain data."""
+    import yaml
+
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read {run_dir / 'config.yaml'}: {e}") from None
 
 
 def is_run(path: Path) -> bool:
@@ -60,8 +72,6 @@ def resolve_target(spec: str, base: str | None = None, runs_dir: str | Path = "r
 
 
 def _run_target(run_dir: Path, base: str | None) -> Target:
-    import yaml
-
     from tunekit.models import resolve
     from tunekit.train.checkpoint import tuned_checkpoint
 
@@ -72,7 +82,9 @@ def _run_target(run_dir: Path, base: str | None) -> Target:
     if not ckpt.is_dir():
         raise CheckpointError(f"run {run_dir} names checkpoint {ckpt} as its tuned model, but the folder is gone; "
                               f"retrain with `tunekit train {run_dir / 'config.yaml'} --force`")
-    recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["model"]["base"]
+    recorded = run_config(run_dir).get("model", {}).get("base")
+    if not recorded and not base:
+        raise CheckpointError(f"{run_dir / 'config.yaml'} names no model.base; give the base with --base MODEL")
     base_dir = Path(resolve(base or recorded))
     label = run_dir.name
     if (ckpt / "adapter_config.json").is_file():
@@ -144,10 +156,10 @@ def _base_key(adapter_key: str) -> tuple[str, str] | None:
     """"base_model.model.X.lora_A.weight" -> ("X.weight", "lora_A"); None for keys that adapt nothing."""
     key = adapter_key.removeprefix("base_model.model.")
     for part in ("lora_embedding_A", "lora_embedding_B", "lora_A", "lora_B"):
-        marker = f".{part}."
-        if marker in key:
-            module = key.split(marker)[0]
-            return f"{module}.weight", part
+        # Linear LoRA keys end ".lora_A.weight"; embedding LoRA keys end ".lora_embedding_A" (a parameter).
+        for marker in (f".{part}.", f".{part}"):
+            if marker in key and (marker.endswith(".") or key.endswith(marker)):
+                return f"{key.split(marker)[0]}.weight", part
     return None
 
 
@@ -197,26 +209,31 @@ def _check_identity(adapter: Path, base_dir: Path, recorded: str) -> None:
         return
     if recorded_dir.resolve() == base_dir.resolve():
         return
-    a, b = _embedding_slice(recorded_dir), _embedding_slice(base_dir)
-    if a is None or b is None:
-        return
     import torch
 
-    if a.shape != b.shape or not torch.allclose(a, b, rtol=_IDENTITY_RTOL, atol=1e-3):
-        raise ModelError(f"adapter {adapter} was trained on {recorded} (adapter_config.json), and {base_dir} is a different "
-                         f"model of the same shapes (their embeddings differ); load the adapter on {recorded}")
+    for a, b in zip(_identity_sample(recorded_dir), _identity_sample(base_dir), strict=False):
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=_IDENTITY_RTOL, atol=1e-3):
+            raise ModelError(f"adapter {adapter} was trained on {recorded} (adapter_config.json), and {base_dir} is a "
+                             f"different model of the same shapes (their weights differ); load the adapter on {recorded}")
 
 
-def _embedding_slice(folder: Path):
-    """The first rows of the input embedding as fp32, or None when there is no such tensor."""
+def _identity_sample(folder: Path) -> list:
+    """Rows spread over the input embedding and over the first attention projection, as fp32."""
     from safetensors import safe_open
 
+    wanted = ("embed_tokens.weight", "wte.weight", "self_attn.q_proj.weight", "attn.c_attn.weight")
+    found = {}
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                if k.endswith("embed_tokens.weight") or k.endswith("wte.weight"):
-                    return st.get_slice(k)[:_IDENTITY_ROWS].float()
-    return None
+            for k in sorted(st.keys()):
+                kind = next((w for w in wanted if k.endswith(w)), None)
+                if kind is None or any(x.endswith(kind) for x in found):
+                    continue
+                t = st.get_slice(k)
+                rows = t.get_shape()[0]
+                step = max(1, rows // _IDENTITY_ROWS)
+                found[k] = t[0:rows:step].float() if rows > 1 else t[:].float()
+    return [found[k] for k in sorted(found, key=lambda k: next(i for i, w in enumerate(wanted) if k.endswith(w)))]
 
 
 def load_target(target: Target, dtype: str = "float32"):

@@ -21,7 +21,8 @@ import torch
 
 from tunekit.data.template import prompt_ids
 from tunekit.errors import ConfigError, ModelError
-from tunekit.models.tuned import Target, load_target, resolve_target
+from tunekit.models.tuned import Target, load_target, resolve_target, run_config
+from tunekit.serve.batch import check_sizes
 
 DTYPES = ("float32", "bfloat16")
 # Held back from the stream until more text follows: whitespace (a final answer is stripped, as
@@ -37,8 +38,7 @@ class Sampling:
     top_p: float = 1.0
 
     def check(self) -> Sampling:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens is {self.max_new_tokens}; give at least 1")
+        check_sizes(self.max_new_tokens)
         if self.temperature < 0:
             raise ConfigError(f"--temperature is {self.temperature}; use 0 for greedy or a positive value to sample")
         if not 0 < self.top_p <= 1:
@@ -88,10 +88,7 @@ def open_model(spec: str, base: str | None = None, runs_dir: str | Path = "runs"
 def _run_dtype(target: Target) -> str | None:
     if target.run_dir is None:
         return None
-    import yaml
-
-    cfg = yaml.safe_load((target.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    return (cfg.get("model") or {}).get("dtype")
+    return (run_config(target.run_dir).get("model") or {}).get("dtype")
 
 
 def describe(loaded: Loaded) -> str:
