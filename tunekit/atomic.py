@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,24 +66,32 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
 
 @contextlib.contextmanager
-def open_write(path: str | Path, binary: bool = False) -> Iterator:
-    """A file handle for streaming writes; the file appears at `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def temp_path(final: str | Path) -> Iterator[Path]:
+    """A temporary name beside `final` that replaces it, fsynced, only if the block succeeds;
+    for writers that open their output by name (GGUFWriter)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    # mkstemp creates files readable by the owner only; give the usual permissions.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
-        # mkstemp creates files readable by the owner only; give the usual permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def open_write(path: str | Path, binary: bool = False) -> Iterator:
+    """A file handle for streaming writes; the file appears at `path` only if the block succeeds."""
+    with temp_path(path) as tmp, open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        yield f
 
 
 @contextlib.contextmanager

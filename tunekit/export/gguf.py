@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "f16") -> dict:
     for t in plan:
         # the logical shape with a non-uint8 dtype: the writer takes it as is and reverses it to ggml order
         writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
-    with _atomic_path(out_file) as tmp:
+    with atomic.temp_path(out_file) as tmp:  # GGUFWriter opens its output by name
         try:
             writer.write_header_to_file(tmp)
             writer.write_kv_data_to_file()
@@ -204,27 +203,6 @@ def _converted(plan: list[_Tensor], cfg, arch: str) -> Iterator[np.ndarray]:
 def _permute_rope_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
     """Per head, interleave the first and second half of its rows: row i of each half -> rows 2i, 2i+1."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` that replaces it only if the block succeeds.
-
-    tunekit.atomic hands out file objects; GGUFWriter opens its output by path itself."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~atomic._umask())  # mkstemp's owner-only mode is not what a model file wants
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    atomic._fsync_dir(path.parent)
 
 
 def verify_gguf(gguf_file: Path, model_dir: Path, qtype: str, also: Callable | None = None) -> dict:
