@@ -23,8 +23,6 @@ import torch
 
 from tunekit import atomic
 from tunekit.config import Config
-from tunekit.data.batches import load_examples
-from tunekit.models.loading import load_model, set_threads
 from tunekit.plan.estimate import (
     Costs,
     choose_probe_steps,
@@ -39,13 +37,9 @@ from tunekit.plan.estimate import (
 )
 from tunekit.progress import Bar
 from tunekit.train import checkpoint
-from tunekit.train.allocator import return_freed_memory_promptly
-from tunekit.train.compute import choose_precision, enable_activation_checkpointing, pick_device
-from tunekit.train.loop import evaluate_loss, make_batch, make_plan, optimizer_step
+from tunekit.train.loop import evaluate_loss, make_batch, optimizer_step, setup_training
 from tunekit.train.memory import _available_bytes, estimate_memory
-from tunekit.train.methods import apply_method
 from tunekit.train.metrics import peak_memory_mb
-from tunekit.train.optim import make_optimizer, make_scheduler
 from tunekit.train.plot import loss_curve_png
 
 PROBE_STEPS = 6
@@ -56,26 +50,12 @@ EVAL_PROBE_TOKENS = 4096
 
 def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = PROBE_STEPS) -> dict:
     """Time `steps` representative steps of the run; returns the plan, also written to <run>/plan/plan.json."""
-    set_threads(cfg.train.threads)
-    if cfg.train.lean_memory:  # as train() does: the resident peak depends on it
-        return_freed_memory_promptly()
-    torch.manual_seed(cfg.seed)
-    train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer, cfg.data.train_on)
-    valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer, cfg.data.train_on)
-    device = pick_device()
-    precision = choose_precision(cfg.train.precision, device)
-    _reset_peak(device)  # from here on as in a `tunekit train` process: model load, steps, evaluation
-    model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
+    # From the model load on, as in a `tunekit train` process: model load, steps, evaluation.
+    s = setup_training(cfg, run_dir, model_path, tokenizer, before_model=_reset_peak)
+    train_ex, valid_ex, device, precision, model, summary = s.train_ex, s.valid_ex, s.device, s.precision, s.model, s.summary
+    params, plan, optimizer, scheduler = s.params, s.plan, s.optimizer, s.scheduler
     pack_to = cfg.data.max_length if cfg.data.packing else None
-    widest = None if pack_to else max(len(e.input_ids) for e in train_ex)
-    estimate = estimate_memory(model, cfg.method, cfg.train, cfg.data, length=widest)
-    if cfg.train.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    plan = make_plan(cfg, train_ex)
-    optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
-    scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
+    estimate = estimate_memory(model, cfg.method, cfg.train, cfg.data, length=s.widest)
     sizes = step_sizes(plan, pack_to)
     picks = choose_probe_steps(sizes, steps)
     pad = tokenizer.pad_token_id

@@ -135,24 +135,39 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
     return total / max(count, 1)
 
 
-def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
-    """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
+@dataclass
+class Setup:
+    """Everything a training step needs, built once by `setup_training`."""
+
+    train_ex: list[Tokenized]
+    valid_ex: list[Tokenized]
+    device: torch.device
+    precision: Precision
+    model: torch.nn.Module
+    summary: object  # methods.MethodSummary
+    widest: int | None  # longest example in tokens; None when packed rows fill max_length
+    params: list[torch.nn.Parameter]
+    plan: Plan
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, before_model=None) -> Setup:
+    """Data, device, precision, model with its method, optimiser and schedule, as `train` runs them;
+    the planning probe times steps of exactly this. `before_model(device)` runs just before the model loads."""
     set_threads(cfg.train.threads)
-    if cfg.train.lean_memory:
+    if cfg.train.lean_memory:  # the resident peak depends on it
         return_freed_memory_promptly()
     torch.manual_seed(cfg.seed)
-    if cfg.train.tensorboard:
-        require_tensorboard()  # now, not after the model has loaded
     train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer, cfg.data.train_on)
     valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer, cfg.data.train_on)
     device = pick_device()
     precision = choose_precision(cfg.train.precision, device)
-    console.print(f"[bold]precision[/] {precision.name} on {device.type}: {precision.reason}")
+    if before_model is not None:
+        before_model(device)
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
-    console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
     # Padded batches are never wider than the longest example; packed rows fill max_length.
     widest = None if cfg.data.packing else max(len(e.input_ids) for e in train_ex)
-    estimate = print_memory_estimate(model, cfg, widest)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.to(device).train()
@@ -160,6 +175,19 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     plan = make_plan(cfg, train_ex)
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
+    return Setup(train_ex, valid_ex, device, precision, model, summary, widest, params, plan, optimizer, scheduler)
+
+
+def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
+    """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
+    if cfg.train.tensorboard:
+        require_tensorboard()  # now, not after the model has loaded
+    s = setup_training(cfg, run_dir, model_path, tokenizer)
+    train_ex, valid_ex, device, precision, model, summary = s.train_ex, s.valid_ex, s.device, s.precision, s.model, s.summary
+    params, plan, optimizer, scheduler = s.params, s.plan, s.optimizer, s.scheduler
+    console.print(f"[bold]precision[/] {precision.name} on {device.type}: {precision.reason}")
+    console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
+    estimate = print_memory_estimate(model, cfg, s.widest)
     ckpt_root = run_dir / "checkpoints"
     start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, resume, config_hash)
     heldout = HeldOut.from_state(state.get("heldout"), cfg.train.early_stopping_patience)
