@@ -109,3 +109,10 @@ def test_go_text_template_renders_what_jinja_renders(family, tmp_path):
                 "Messages": [{"Role": m["role"], "Content": m["content"]} for m in conv]}
         got = subprocess.run([str(tmp_path / "render")], input=json.dumps(data), capture_output=True, text=True, check=True).stdout
         assert p.bos + got == render(tok, conv, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("label, name", [("support-demo", "support-demo"), ("/tmp/x/Support Demo v2", "support-demo-v2"), ("///", "tuned")])
+def test_the_suggested_ollama_name_is_one_ollama_accepts(label, name):
+    from tunekit.export.ollama import ollama_name
+
+    assert ollama_name(label) == name

@@ -161,6 +161,13 @@ def stop_strings(p: Pieces, tokenizer) -> list[str]:
     return list(dict.fromkeys(s for s in stops if s))
 
 
+def ollama_name(label: str) -> str:
+    """A name `ollama create` accepts, from a run name or a path ("runs/Support Demo" -> "support-demo")."""
+    import re
+
+    return re.sub(r"[^a-z0-9._-]+", "-", Path(label).name.lower()).strip("-._") or "tuned"
+
+
 def modelfile(gguf_name: str, p: Pieces, stops: list[str], context: int | None, label: str) -> str:
     template = go_template(p)
     if '"""' in template or (p.default_system and '"""' in p.default_system):
@@ -169,7 +176,7 @@ def modelfile(gguf_name: str, p: Pieces, stops: list[str], context: int | None, 
     if bad:
         raise CheckpointError(f"stop strings {bad} contain a quote or an unprintable character, which a Modelfile cannot carry")
     lines = [f"# Ollama Modelfile for {label}, written by tunekit. Create the model with:",
-             f"#   ollama create {label.lower()} -f Modelfile", f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+             f"#   ollama create {ollama_name(label)} -f Modelfile", f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     if p.default_system:
         lines.append(f'SYSTEM """{p.default_system}"""')
     # Ollama's Modelfile parser strips the quotes and applies no escapes: a stop is written as is.
@@ -187,7 +194,7 @@ def export_ollama(out_dir: Path, gguf_file: Path, tokenizer, context: int | None
     checked = check_pieces(p, tokenizer)
     stops = stop_strings(p, tokenizer)
     atomic.write_text(out_dir / "Modelfile", modelfile(gguf_file.name, p, stops, context, label))
-    figures = {"path": str(out_dir / "Modelfile"), "stop": stops, "default_system": p.default_system,
+    figures = {"path": str(out_dir / "Modelfile"), "name": ollama_name(label), "stop": stops, "default_system": p.default_system,
                "conversations_checked": checked}
     if p.trims:
         figures["note"] = ("the chat template strips whitespace around message contents and Ollama cannot: "

@@ -117,7 +117,7 @@ def export_target(target: Target, formats: list[str], out: Path, dtype: str = "a
 
         done["ollama"] = export_ollama(out, out / "model.gguf", merged.tokenizer, read_context_length(target.model), target.label)
         console.print(f"Ollama Modelfile: {out / 'Modelfile'} (stop {', '.join(done['ollama']['stop'])}); "
-                      f"`cd {out} && ollama create {target.label.lower()} -f Modelfile`")
+                      f"`cd {out} && ollama create {done['ollama']['name']} -f Modelfile`")
     done["stale"] = [name for fmt, name in ARTIFACTS.items() if fmt not in formats and (out / name).exists()]
     for name in done["stale"]:
         console.print(f"[yellow]note[/] {out / name} is from an earlier export, not rewritten now; it may not match this model")
