@@ -75,3 +75,19 @@ def offline_env(tmp: Path):
     mp.setenv("TUNEKIT_HOME", str(tmp / "home"))
     mp.setenv("TUNEKIT_OFFLINE", "1")
     return mp
+
+
+def cli_on_tiny(tmp: Path, model_dir: Path, command: str, **sections) -> tuple[int, Path, Path, dict]:
+    """Write a tiny run config under `tmp` and run `tunekit COMMAND config --runs-dir tmp/runs`
+    offline; returns (exit code, config path, runs folder, config dict)."""
+    from tunekit.cli import main
+
+    mp = offline_env(tmp)
+    cfg = tiny_run_config(tmp, model_dir, 40, n_eval=4, **sections)
+    path = write_config(tmp / "tiny.yaml", cfg)
+    runs = tmp / "runs"
+    try:
+        code = main([command, str(path), "--runs-dir", str(runs)])
+    finally:
+        mp.undo()
+    return code, path, runs, cfg

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import offline_env, ROOT, tiny_run_config, write_config
+from helpers import offline_env, ROOT, cli_on_tiny, tiny_run_config, write_config
 from tunekit.cli import main
 
 STAGES = ("prepare", "train", "eval", "report")
@@ -17,15 +17,7 @@ STAGES = ("prepare", "train", "eval", "report")
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    mp = offline_env(tmp)
-    cfg = tiny_run_config(tmp, tiny_model_dir, 40, n_eval=4)
-    path = write_config(tmp / "tiny.yaml", cfg)
-    runs = tmp / "runs"
-    try:
-        code = main(["run", str(path), "--runs-dir", str(runs)])
-    finally:
-        mp.undo()
+    code, path, runs, cfg = cli_on_tiny(tmp_path_factory.mktemp("cli"), tiny_model_dir, "run")
     return code, path, runs / cfg["name"], runs
 
 

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from helpers import offline_env, tiny_run_config, write_config
+from helpers import cli_on_tiny, tiny_run_config, write_config
 
 from tunekit.cli import main
 from tunekit.errors import ConfigError
@@ -125,15 +125,7 @@ def test_fractions_are_percentages():
 
 @pytest.fixture(scope="module")
 def planned(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("plan")
-    mp = offline_env(tmp)
-    cfg = tiny_run_config(tmp, tiny_model_dir, 40, n_eval=4, train={"save_every": 2})
-    path = write_config(tmp / "tiny.yaml", cfg)
-    runs = tmp / "runs"
-    try:
-        code = main(["plan", str(path), "--runs-dir", str(runs)])
-    finally:
-        mp.undo()
+    code, path, runs, _ = cli_on_tiny(tmp_path_factory.mktemp("plan"), tiny_model_dir, "plan", train={"save_every": 2})
     return code, path, runs
 
 

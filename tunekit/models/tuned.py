@@ -103,7 +103,7 @@ def _adapter_target(adapter: Path, base: str | None) -> Target:
     if base is None and not recorded:
         raise ModelError(f"adapter {adapter} does not record its base model (adapter_config.json has no "
                          f"base_model_name_or_path); name it with --base MODEL")
-    base_dir = Path(resolve(base or recorded)) if base else _recorded_base(adapter, recorded)
+    base_dir = Path(resolve(base)) if base else _recorded_base(adapter, recorded)
     check_adapter(adapter, base_dir)
     return Target(model=base_dir, tokenizer=base_dir, adapter=adapter, label=adapter.name)
 
