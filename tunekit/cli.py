@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also train on growing shares of the data and plot the score against examples (one training per share)")
     plan.add_argument("--fractions", default="10,25,50,100", help="percentages of the training data for --curve (default: 10,25,50,100)")
     _serve_parsers(sub)
+    doctor = sub.add_parser("doctor", help="what this machine can do: cores, ISA, AMX, measured fp32/bf16 speed, GPUs, versions")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
     models = sub.add_parser("models", help="the base-model store").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="registry and cached models").add_argument("--json", action="store_true", help="one JSON object a line")
@@ -178,6 +180,8 @@ def _serve_parsers(sub) -> None:
         p.add_argument("--system", help="system prompt" + (" for prompts that have none" if p is gen else ""))
         p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default: 256)")
         p.add_argument("--dtype", choices=("float32", "bfloat16"), help="weights' dtype (default: the run's model.dtype, else float32)")
+        p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="compute precision (default: the run's train.precision, else auto: bf16 where it measures fast)")
         p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
     chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy, the answers the eval scored; >0 samples")
     chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature (default: 1, off)")
@@ -195,7 +199,7 @@ def _cmd_chat(args) -> int:
 
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p).check()
     set_threads(None)
-    loaded = open_model(args.model, base=args.base, runs_dir=args.runs_dir, dtype=args.dtype)
+    loaded = open_model(args.model, base=args.base, runs_dir=args.runs_dir, dtype=args.dtype, precision=args.precision)
     seed_sampling(args.seed)
     session = ChatSession(loaded, sampling, system=args.system, runs_dir=args.runs_dir, stats=args.stats)
     if sys.stdin.isatty():
@@ -219,7 +223,7 @@ def _cmd_generate(args) -> int:
     if output.resolve() == source.resolve():
         raise ConfigError(f"--output {output} is the input file; answers would replace the prompts. Name another file")
     set_threads(None)
-    loaded = open_model(args.model, base=args.base, runs_dir=args.runs_dir, dtype=args.dtype)
+    loaded = open_model(args.model, base=args.base, runs_dir=args.runs_dir, dtype=args.dtype, precision=args.precision)
     console.print(f"generate: {len(prompts)} prompts, {describe(loaded)}")
     w = generate_file(loaded.model, loaded.tokenizer, prompts, output, loaded.target.label, args.max_new_tokens, args.batch_size)
     print(f"{w.answers} answers, {w.tokens / max(w.seconds, 1e-9):.1f} tokens/s ({w.tokens} tokens in {w.seconds:.1f} s); "
@@ -309,6 +313,20 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def torch_oom() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+def _cmd_doctor(args) -> int:
+    from tunekit.doctor import doctor_lines, doctor_report
+
+    rep = doctor_report()
+    print(json.dumps(rep, indent=2) if args.json else "\n".join(doctor_lines(rep)))
+    return 0
+
+
 def _quiet_libraries() -> None:
     """Our own progress and messages replace the libraries' bars and deprecation chatter."""
     import warnings
@@ -345,8 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         commands = {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan, "export": _cmd_export, "chat": _cmd_chat,
-                    "generate": _cmd_generate}
+                    "generate": _cmd_generate, "doctor": _cmd_doctor}
         return commands.get(args.command, _cmd_stage)(args)
+    except torch_oom() as e:  # training names its estimate itself; any other stage ends here
+        if args.debug:
+            raise
+        from tunekit.hardware import oom_message
+
+        print(f"tunekit: out of memory: {oom_message()} ({str(e).splitlines()[0]})", file=sys.stderr)
+        return 2
     except TunekitError as e:
         if args.debug:
             raise

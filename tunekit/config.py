@@ -129,8 +129,10 @@ class TrainConfig(_Section):
     """Keep the checkpoint with the best held-out loss besides the last keep_last."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about a third more compute."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """bf16 autocast with fp32 master weights, or fp32; auto picks bf16 where the hardware multiplies it fast."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """The precision of every stage of the run (training, held-out loss, evaluation, chat, generate):
+    bf16 autocast with fp32 master weights, fp16 autocast with a gradient scaler (GPUs without bf16),
+    or fp32. auto: bf16 where it measures fast (tunekit doctor), fp16 on a GPU without bf16, else fp32."""
     tensorboard: bool = False
     """Also write TensorBoard event files under <run>/tensorboard (needs the tensorboard package)."""
     lean_memory: bool = False

@@ -25,3 +25,9 @@ class ModelError(TunekitError):
 
 class CheckpointError(TunekitError):
     kind = "checkpoint error"
+
+
+class OutOfMemory(TunekitError):
+    """The device ran out of memory: says what was estimated and which settings lower it."""
+
+    kind = "out of memory"

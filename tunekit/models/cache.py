@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tunekit.atomic import write_json
 from tunekit.errors import ModelError
+from tunekit.hardware import tunekit_home
 
 MANIFEST = "tunekit_model.json"
 MANIFEST_VERSION = 1
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-
-
-def tunekit_home() -> Path:
-    """$TUNEKIT_HOME, or ~/.cache/tunekit."""
-    env = os.environ.get("TUNEKIT_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tunekit"
 
 
 def models_dir() -> Path:

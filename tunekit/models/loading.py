@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from tunekit.errors import ModelError
+from tunekit.hardware import set_threads  # noqa: F401  (where the stages have always imported it from)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def set_threads(threads: int | None) -> None:
-    """Use every core unless told otherwise (torch's default can undercount in containers)."""
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
 def load_tokenizer(path: str | Path):

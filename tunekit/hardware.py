@@ -1,0 +1,282 @@
+"""What this machine can do, decided in one place: the device every stage runs on, whether
+bf16 multiplies fast here, and the one precision that training, held-out loss, evaluation,
+chat, generate and the plan share (so the eval's answers and chat's answers agree).
+
+Why bf16 is measured, not guessed. `torch.backends.cpu.get_cpu_capability()` names only the
+vector ISA (it stops at "AVX512") and never says AMX; `torch.cpu._is_amx_tile_supported()`
+does. But neither flag says what a run gets: AVX512-BF16 CPUs without AMX (AMD Zen 4) run
+bf16 matmuls 2-4x faster than fp32 through oneDNN, an AVX2 CPU runs them many times slower,
+and tiny matrices are dominated by call overhead either way. So `auto` times a few matmuls
+at the model's own shapes, in both dtypes, for well under a second, and caches the figures
+per machine, torch version, thread count and shapes in $TUNEKIT_HOME/hardware.json.
+
+On CUDA the capability decides: bf16 where the GPU has it natively (compute capability 8+),
+else fp16 autocast with a gradient scaler (T4, V100); TF32 matmuls are enabled wherever the
+GPU has them. fp32 weights stay the master copy in training either way; see `Precision`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tunekit import atomic
+from tunekit.errors import ConfigError
+
+# bf16 autocast adds casts of activations (and of any fp32 weight) around every matmul, so
+# bf16 must beat fp32 at the model's shapes by a margin before `auto` takes it.
+FAST_MARGIN = 1.25
+# Rows of the probe's matmuls: a micro-batch of a few hundred tokens, as training and eval run.
+PROBE_ROWS = 256
+PROBE_SECONDS = 0.12  # per dtype
+CACHE_FILE = "hardware.json"
+SETTINGS = ("auto", "fp32", "bf16", "fp16")
+
+
+def tunekit_home() -> Path:
+    """$TUNEKIT_HOME, or ~/.cache/tunekit."""
+    env = os.environ.get("TUNEKIT_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tunekit"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a stage computes: on `device`, matmuls in `dtype` under autocast (None: plain fp32).
+
+    Training keeps fp32 master weights, optimiser state and loss; with `dtype` set the forward
+    runs under autocast, and LoRA kinds keep their frozen base matrices in that dtype
+    (train/compute.py). Generation casts the whole model to `dtype` (see `for_inference`).
+    `gflops` holds the measured fp32/bf16 matmul rates the decision followed, when measured.
+    """
+
+    dtype: torch.dtype | None
+    device: torch.device
+    reason: str
+    gflops: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @property
+    def needs_scaler(self) -> bool:
+        """fp16's narrow range underflows small gradients unless the loss is scaled."""
+        return self.dtype is torch.float16
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype or torch.float32
+
+    def autocast(self):
+        """A context for forward and loss; backward runs outside it, as torch recommends."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device.type}: {self.reason}"
+
+
+FP32 = Precision(None, torch.device("cpu"), "fp32")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use every core unless told otherwise (torch's default can undercount in containers)."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def pick_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), which multiply bf16 fast."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. "Intel(R) Xeon(R) Platinum 8481C" ("" when unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cuda_native_bf16(device: torch.device) -> bool:
+    """bf16 in the GPU's tensor cores (compute capability 8.0+), not emulated through fp32."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """Let fp32 matmuls and convolutions use TF32 tensor cores where the GPU has them (Ampere+):
+    ~8x the fp32 rate, 10-bit mantissa products with fp32 accumulation. Returns whether it applies."""
+    if device.type != "cuda" or not cuda_native_bf16(device):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """Plain fp32 matmuls inside (no TF32): for checks whose tolerance is fp32's, such as export's."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def model_shapes(model_dir: str | Path | None) -> list[tuple[int, int, int]]:
+    """(rows, in, out) of the matmuls that dominate a step of this model: attention and MLP
+    projections at PROBE_ROWS tokens. Read from config.json; a generic 1024-wide model without one."""
+    hidden, inter = 1024, 2816
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)  # multimodal wrappers keep the language model's sizes inside
+        hidden = int(cfg["hidden_size"])
+        inter = int(cfg.get("intermediate_size") or 4 * hidden)
+    return [(PROBE_ROWS, hidden, hidden), (PROBE_ROWS, hidden, inter), (PROBE_ROWS, inter, hidden)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, shapes: list[tuple[int, int, int]], device: torch.device,
+                  seconds: float = PROBE_SECONDS) -> float:
+    """GFLOP/s of `F.linear` over `shapes` in `dtype` (after one untimed round: kernel selection,
+    oneDNN's weight packing), repeated for about `seconds`."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    pairs = [(torch.randn(m, k, generator=gen).to(device, dtype), torch.randn(n, k, generator=gen).to(device, dtype))
+             for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    for x, w in pairs:
+        F.linear(x, w)
+    _sync(device)
+    rounds, start = 0, time.perf_counter()
+    while True:
+        for x, w in pairs:
+            F.linear(x, w)
+        _sync(device)
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or rounds >= 1000:
+            return rounds * flops / elapsed / 1e9
+
+
+def _machine_key(device: torch.device) -> str:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return f"{where}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+
+
+def measure(shapes: list[tuple[int, int, int]], device: torch.device, use_cache: bool = True) -> dict:
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s, "cached": bool} at `shapes`, cached per machine and shapes."""
+    key = f"{_machine_key(device)}|{' '.join('x'.join(map(str, s)) for s in shapes)}"
+    path = tunekit_home() / CACHE_FILE
+    cache: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        cache = json.loads(path.read_text())
+    if use_cache and isinstance(cache.get(key), dict) and {"fp32", "bf16"} <= set(cache[key]):
+        return {**cache[key], "cached": True}
+    figures = {"fp32": round(matmul_gflops(torch.float32, shapes, device), 1),
+               "bf16": round(matmul_gflops(torch.bfloat16, shapes, device), 1)}
+    cache[key] = {**figures, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run another probe
+        atomic.write_json(path, cache)
+    return {**figures, "cached": False}
+
+
+def cpu_bf16(shapes: list[tuple[int, int, int]], device: torch.device) -> tuple[bool, str, dict]:
+    figures = measure(shapes, device)
+    ratio = figures["bf16"] / max(figures["fp32"], 1e-9)
+    has = "has AMX" if amx() else f"has no AMX ({torch.backends.cpu.get_cpu_capability()})"
+    said = (f"this CPU {has}; measured at the model's shapes bf16 {figures['bf16']:,.0f} vs fp32 "
+            f"{figures['fp32']:,.0f} GFLOP/s ({ratio:.2f}x)")
+    fast = ratio >= FAST_MARGIN
+    return fast, said + ("" if fast else f", under the {FAST_MARGIN}x that pays for autocast's casts"), figures
+
+
+def choose_precision(setting: str = "auto", device: torch.device | None = None, model_dir: str | Path | None = None,
+                     key: str = "train.precision") -> Precision:
+    """Resolve a precision setting (auto | fp32 | bf16 | fp16) for `device` (default: pick_device()).
+
+    `model_dir` gives the matrix shapes the CPU probe measures at; `key` names the setting in errors."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"{key}={setting!r}: use one of {', '.join(SETTINGS)}")
+    device = device or pick_device()
+    if device.type == "cuda":
+        return _cuda_precision(setting, device, key)
+    if setting == "fp16":
+        raise ConfigError(f"{key}=fp16 is for GPUs without bf16; on a CPU use {key}=bf16, fp32 or auto")
+    if setting == "fp32":
+        return Precision(None, device, f"{key}=fp32")
+    fast, why, figures = cpu_bf16(model_shapes(model_dir), device)
+    if setting == "bf16":
+        return Precision(torch.bfloat16, device, f"{key}=bf16" + ("" if fast else f" (slow here: {why})"), figures)
+    return Precision(torch.bfloat16 if fast else None, device, f"auto: {why}", figures)
+
+
+def _cuda_precision(setting: str, device: torch.device, key: str) -> Precision:
+    name = torch.cuda.get_device_name(device)
+    native = cuda_native_bf16(device)
+    tf32 = enable_tf32(device)
+    if setting == "fp32":
+        return Precision(None, device, f"{key}=fp32" + (" (TF32 matmuls on)" if tf32 else ""))
+    if setting == "bf16" and not native:
+        raise ConfigError(f"{key}=bf16 but this GPU ({name}) has no native bf16; use {key}=fp16 "
+                          f"(autocast with a gradient scaler), fp32 or auto")
+    if setting == "fp16" or (setting == "auto" and not native):
+        why = f"{key}=fp16" if setting == "fp16" else f"auto: this GPU ({name}) has no native bf16, so fp16"
+        return Precision(torch.float16, device, why + " with a gradient scaler")
+    return Precision(torch.bfloat16, device, f"{key}=bf16" if setting == "bf16" else f"auto: this GPU ({name}) multiplies bf16 natively")
+
+
+def for_inference(model, precision: Precision):
+    """`model` on the precision's device, in its dtype, in eval mode, ready to generate.
+
+    Generation casts the weights themselves (autocast would recast every weight at every
+    decoding step, which costs more than the step's matmuls). The cast is in place: merge an
+    adapter into fp32 weights before calling this, not after.
+    """
+    model.to(device=precision.device, dtype=precision.compute_dtype)
+    return model.eval()
+
+
+def oom_message(estimate_mb: int | None = None) -> str:
+    """What to say when the GPU runs out of memory: the estimate and the settings that lower it."""
+    have = ""
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        have = f" ({total / 2**30:.1f} GiB on {torch.cuda.get_device_name()}, {free / 2**30:.1f} GiB free now)"
+    need = f"; tunekit estimated {estimate_mb:,} MB for a step" if estimate_mb else ""
+    return (f"the GPU ran out of memory{have}{need}. Turn down train.batch_size (raise train.grad_accum to keep the "
+            f"batch), set train.gradient_checkpointing=true, train fewer blocks (method.layers=last:K) or lower "
+            f"data.max_length; eval.batch_size sets the evaluation's batch")
