@@ -20,6 +20,7 @@ class Bar:
     def __init__(self, label: str, total: int, every_s: float = 10.0):
         self.label, self.total, self.every_s = label, total, every_s
         self.done = 0
+        self.info = ""
         self._live = sys.stderr.isatty()
         self._last = 0.0
         self._t0 = time.time()
@@ -40,17 +41,19 @@ class Bar:
             self._task = self._progress.add_task(self.label, total=self.total, info="")
         return self
 
-    def update(self, n: int = 1, info: str = "") -> None:
+    def update(self, n: int = 1, info: str | None = None) -> None:
+        """Advance by `n`; `info` replaces the text beside the bar (None keeps the last)."""
         self.done += n
+        self.info = self.info if info is None else info
         if self._live:
-            self._progress.update(self._task, advance=n, info=info)
+            self._progress.update(self._task, advance=n, info=self.info)
             return
         now = time.time()
         if now - self._last >= self.every_s or self.done >= self.total:
             self._last = now
             elapsed = now - self._t0
             eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            console.print(f"{self.label}: {self.done}/{self.total} [{elapsed:.0f}s, eta {eta:.0f}s] {info}")
+            console.print(f"{self.label}: {self.done}/{self.total} [{elapsed:.0f}s, eta {eta:.0f}s] {self.info}")
 
     def __exit__(self, *exc) -> None:
         if self._live:

@@ -1,6 +1,7 @@
 """The training loop's features on the tiny model: held-out loss every N steps, early
 stopping and the best checkpoint, NaN and disk-full failures, metrics and loss.png,
-precision choice, bf16 autocast and activation checkpointing."""
+bf16 autocast with frozen bf16 base matrices, and activation checkpointing (the precision
+decision itself is tested in tests/test_hardware.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tunekit.data.batches import collate
 from tunekit.data.template import tokenize_chat
 from tunekit.errors import CheckpointError, ConfigError
 from tunekit.models.loading import load_model, load_tokenizer
-from tunekit.train import checkpoint, compute, loop
-from tunekit.train.compute import Precision, choose_precision, enable_activation_checkpointing
+from tunekit.hardware import FP32, Precision
+from tunekit.train import checkpoint, loop
+from tunekit.train.compute import cast_frozen, enable_activation_checkpointing
 from tunekit.train.loss import supervised_loss_sum
 from tunekit.train.methods import apply_method
 from tunekit.train.metrics import MetricsLog, read_metrics, require_tensorboard
@@ -171,54 +173,52 @@ def test_pruning_keeps_the_best_besides_the_last_k(tmp_path, tiny_model_dir):
     assert [s for s, _ in checkpoint.list_checkpoints(root)] == [2, 4, 5]
 
 
-@pytest.mark.parametrize("capability, want", [("AVX2", None), ("AVX512", None), ("AMX", torch.bfloat16),
-                                              ("AVX512_AMX", torch.bfloat16)])
-def test_auto_precision_picks_bf16_only_on_a_cpu_with_amx(monkeypatch, capability, want):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    p = choose_precision("auto", torch.device("cpu"))
-    assert p.dtype is want and capability in p.reason
-    assert choose_precision("fp32", torch.device("cpu")).dtype is None
-    assert choose_precision("bf16", torch.device("cpu")).dtype is torch.bfloat16
-
-
-def test_auto_precision_on_this_machine():
-    p = choose_precision("auto", torch.device("cpu"))
-    has_amx = "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-    assert p.name == ("bf16" if has_amx else "fp32")
-
-
-def test_auto_precision_on_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert choose_precision("auto", torch.device("cuda")).dtype is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert choose_precision("auto", torch.device("cuda")).dtype is None
-    with pytest.raises(ConfigError, match="bf16"):
-        choose_precision("bf16", torch.device("cuda"))
-
-
 @pytest.fixture(scope="module")
 def batch(tiny_tokenizer):
     ex = [tokenize_chat(tiny_tokenizer, c["messages"]) for c in example_conversations(3)]
     return collate(ex, [0, 1, 2], tiny_tokenizer.pad_token_id)
 
 
-def test_bf16_autocast_step_keeps_fp32_master_weights(tiny_model_dir, batch):
-    def one_step(precision):
-        torch.manual_seed(0)
-        model, _ = apply_method(load_model(tiny_model_dir), MethodConfig(kind="lora", r=4, alpha=8))
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = make_optimizer(model, TrainConfig(lr=1e-2))
-        before = [p.detach().clone() for p in params]
-        loss, norm = loop.optimizer_step(model, [batch], params, opt, make_scheduler(opt, TrainConfig(), 1), 1.0, precision)
-        assert all(p.dtype is torch.float32 for p in model.parameters())  # the model stays fp32
-        assert any(not torch.equal(b, p) for b, p in zip(before, params))  # and was updated
-        return loss, norm
+BF16 = Precision(torch.bfloat16, torch.device("cpu"), "test")
 
-    fp32_loss, _ = one_step(compute.FP32)
-    bf16_loss, bf16_norm = one_step(Precision(torch.bfloat16, "cpu", "test"))
+
+def _one_step(tiny_model_dir, batch, precision, frozen_in_bf16=False):
+    torch.manual_seed(0)
+    model, _ = apply_method(load_model(tiny_model_dir), MethodConfig(kind="lora", r=4, alpha=8))
+    cast = cast_frozen(model, precision) if frozen_in_bf16 else 0
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(model, TrainConfig(lr=1e-2))
+    before = [p.detach().clone() for p in params]
+    loss, norm = loop.optimizer_step(model, [batch], params, opt, make_scheduler(opt, TrainConfig(), 1), 1.0, precision)
+    assert all(p.dtype is torch.float32 for p in params)  # adapters: fp32 master weights
+    assert all(s.dtype is torch.float32 for st in opt.state.values() for s in st.values() if s.dim())  # AdamW state too
+    assert any(not torch.equal(b, p) for b, p in zip(before, params))  # and was updated
+    return float(loss), float(norm), model, cast
+
+
+def test_bf16_autocast_step_keeps_fp32_master_weights(tiny_model_dir, batch):
+    fp32_loss, _, model, _ = _one_step(tiny_model_dir, batch, FP32)
+    assert all(p.dtype is torch.float32 for p in model.parameters())
+    bf16_loss, bf16_norm, model, _ = _one_step(tiny_model_dir, batch, BF16)
+    assert all(p.dtype is torch.float32 for p in model.parameters())  # autocast alone casts nothing in place
     assert math.isfinite(bf16_loss) and math.isfinite(bf16_norm)
     assert bf16_loss == pytest.approx(fp32_loss, rel=0.02)  # bf16 matmuls, same loss to bf16 accuracy
+
+
+def test_lora_keeps_its_frozen_base_in_bf16_with_the_same_loss(tiny_model_dir, batch):
+    fp32_loss, fp32_norm, _, _ = _one_step(tiny_model_dir, batch, FP32)
+    autocast_loss, _, _, _ = _one_step(tiny_model_dir, batch, BF16)
+    loss, norm, model, cast = _one_step(tiny_model_dir, batch, BF16, frozen_in_bf16=True)
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert cast == len(frozen) > 0 and all(p.dtype is torch.bfloat16 for _, p in frozen)  # embeddings, norms, base matrices
+    assert trained and all("lora_" in n and p.dtype is torch.float32 for n, p in trained)  # adapters stay fp32
+    assert not any(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+    # The loss of a bf16 base is the fp32 loss to bf16's accuracy, like autocast's over fp32 weights.
+    assert loss == pytest.approx(fp32_loss, rel=0.02) and loss == pytest.approx(autocast_loss, rel=0.02)
+    assert norm == pytest.approx(fp32_norm, rel=0.05)
+    assert cast_frozen(model, FP32) == 0  # fp32 casts nothing
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])

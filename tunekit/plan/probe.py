@@ -53,9 +53,9 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
     # From the model load on, as in a `tunekit train` process: model load, steps, evaluation.
     s = setup_training(cfg, run_dir, model_path, tokenizer, before_model=_reset_peak)
     train_ex, valid_ex, device, precision, model, summary = s.train_ex, s.valid_ex, s.device, s.precision, s.model, s.summary
-    params, plan, optimizer, scheduler = s.params, s.plan, s.optimizer, s.scheduler
+    params, plan, optimizer, scheduler, scaler = s.params, s.plan, s.optimizer, s.scheduler, s.scaler
     pack_to = cfg.data.max_length if cfg.data.packing else None
-    estimate = estimate_memory(model, cfg.method, cfg.train, cfg.data, length=s.widest)
+    estimate = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision=precision, length=s.widest)
     sizes = step_sizes(plan, pack_to)
     picks = choose_probe_steps(sizes, steps)
     pad = tokenizer.pad_token_id
@@ -63,7 +63,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
     def timed_step(step: int) -> float:
         t = time.perf_counter()
         batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
-        optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision)
+        optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision, scaler)
         _sync(device)
         return time.perf_counter() - t
 
@@ -103,6 +103,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
         "memory": {**_peak(device), "estimated_mb": round(estimate["total"] / 2**20), "estimate": estimate["description"],
                    "available_mb": round(avail[0] / 2**20) if avail else None},
         "machine": {"device": device.type, "threads": torch.get_num_threads(), "precision": precision.name,
+                    "precision_reason": precision.reason,
                     "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
         "method": summary.describe(),
     }

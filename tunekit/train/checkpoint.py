@@ -72,17 +72,17 @@ def is_adapter(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int) -> Path:
+def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int, scaler=None) -> Path:
     """Write checkpoint `step-N` atomically, then prune to the newest `keep_last` and the
     one `state["best"]` names (a step, or None)."""
     final = ckpt_root / f"step-{step}"
     try:
         with atomic.directory(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            torch.save(
-                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-                tmp / "trainer_state.pt",
-            )
+            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+            if scaler is not None:
+                trainer["scaler"] = scaler.state_dict()
+            torch.save(trainer, tmp / "trainer_state.pt")
             # state.json is written last inside the folder: a folder without it is not a checkpoint.
             (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     except OSError as e:
@@ -110,16 +110,22 @@ def _write_failure(final: Path, e: OSError) -> str:
     return f"cannot write checkpoint {final} ({e}); {kept}."
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimiser, scheduler and RNG from a checkpoint; returns its state."""
+def load(path: Path, model, optimizer, scheduler, scaler=None) -> dict:
+    """Restore weights, optimiser, scheduler, gradient scaler and RNG from a checkpoint; returns its state.
+
+    Saved tensors come back on the CPU whatever device wrote them (a run moves between a GPU
+    and a CPU machine): the optimiser moves its state to its parameters' device, and the RNG
+    states must be CPU tensors."""
     try:
         state = json.loads((path / "state.json").read_text())
-        trainer = torch.load(path / "trainer_state.pt", weights_only=False)
+        trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         load_weights(path, model)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} cannot be loaded ({e}); delete it to resume from the one before") from None
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
+    if scaler is not None and "scaler" in trainer:
+        scaler.load_state_dict(trainer["scaler"])
     _set_rng_state(trainer["rng"])
     return state
 

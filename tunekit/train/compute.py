@@ -1,70 +1,44 @@
-"""How a training step computes: on which device, in which precision, and whether
-activations are recomputed in backward instead of kept.
-
-bf16 autocast runs the matmuls in bfloat16 while the weights, the optimiser state and
-the loss stay in float32 ("fp32 master weights"), so small updates are not rounded away.
-It only pays where the hardware multiplies bf16 fast: on a CPU without AMX, bf16 matmul
-runs at about 1 GFLOP/s against ~90 for fp32, so `auto` keeps fp32 there.
+"""How a training step computes beyond the precision decision (tunekit/hardware.py): frozen
+base weights kept in the compute dtype, and activations recomputed in backward instead of kept.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-
 import torch
 
 from tunekit.errors import ConfigError
+from tunekit.hardware import Precision
 
 
-@dataclass(frozen=True)
-class Precision:
-    """The autocast dtype of the forward pass (None: plain fp32) and why it was chosen."""
+def cast_frozen(model, precision: Precision) -> int:
+    """Keep every frozen parameter of a LoRA-kind model in the autocast dtype; returns how many.
 
-    dtype: torch.dtype | None
-    device_type: str
-    reason: str
+    Under autocast each fp32 weight is cast to bf16 at every forward, and again when backward
+    needs it: for LoRA, whose base weights never change, that is a pass over the whole model per
+    micro-batch for nothing. Cast once, the frozen matrices are the same bf16 matrices autocast
+    would have made, and with the embeddings and norms in bf16 too the residual stream stays
+    bf16 between layers instead of being cast at every linear layer's input, as when a base model
+    is loaded in bf16 for LoRA (PEFT, TRL, Axolotl). The adapters, everything else that trains,
+    the optimiser state and the loss stay fp32. PEFT would cast each LoRA layer's input to the
+    adapters' fp32 (and autocast back to bf16 for the matmul); that round trip is switched off.
 
-    @property
-    def name(self) -> str:
-        return "bf16" if self.dtype is torch.bfloat16 else "fp32"
-
-    def autocast(self):
-        """A context for forward and loss; backward runs outside it, as torch recommends."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-
-FP32 = Precision(None, "cpu", "fp32")
-
-
-def pick_device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _fast_bf16(device: torch.device) -> tuple[bool, str]:
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return ok, "this GPU multiplies bf16 natively" if ok else "this GPU has no bf16 support"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if "AMX" in capability.upper():
-        return True, f"this CPU has AMX ({capability}), which multiplies bf16 fast"
-    return False, f"this CPU has no AMX ({capability}): bf16 matmul would be many times slower than fp32"
-
-
-def choose_precision(setting: str, device: torch.device) -> Precision:
-    """Resolve train.precision (auto | fp32 | bf16) for `device`."""
-    if setting == "fp32":
-        return Precision(None, device.type, "train.precision=fp32")
-    fast, why = _fast_bf16(device)
-    if setting == "bf16":
-        if device.type == "cuda" and not fast:
-            raise ConfigError(f"train.precision=bf16 but {why}; use train.precision=fp32 or auto")
-        note = "" if fast else f" (slow: {why})"
-        return Precision(torch.bfloat16, device.type, "train.precision=bf16" + note)
-    return Precision(torch.bfloat16 if fast else None, device.type, f"auto: {why}")
+    Measured on the demo config (SmolLM2-135M, LoRA on the last 16 blocks, batch 8, AMD EPYC
+    with AVX512-BF16, 2 threads, 8 steps): fp32 326 tokens/s, 2,543 MB peak RSS; bf16 autocast
+    over fp32 weights 452 tokens/s, 2,593 MB; frozen linear weights only in bf16 479; every frozen
+    parameter in bf16 and no input round trip 535 tokens/s, 1,908 MB, with training and held-out
+    losses within 0.2% of fp32's.
+    """
+    if precision.dtype is None:
+        return 0
+    cast = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != precision.dtype:
+            p.data = p.data.to(precision.dtype)
+            cast += 1
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+    return cast
 
 
 def enable_activation_checkpointing(model) -> None:

@@ -27,12 +27,15 @@ from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
 from tunekit.data.pack import collate_packed
 from tunekit.data.template import Tokenized
-from tunekit.errors import TunekitError
+from tunekit import hardware
+from tunekit.errors import OutOfMemory, TunekitError
+from tunekit.hardware import FP32, Precision
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import Bar, console
 from tunekit.train import checkpoint
 from tunekit.train.allocator import return_freed_memory_promptly
-from tunekit.train.compute import FP32, Precision, choose_precision, enable_activation_checkpointing, pick_device
+from tunekit.train.compute import cast_frozen, enable_activation_checkpointing
+from tunekit.train.guard import NonFiniteWatch, skip_if_nonfinite
 from tunekit.train.heldout import HeldOut
 from tunekit.train.loss import supervised_loss_sum
 from tunekit.train.memory import print_memory_estimate
@@ -93,28 +96,41 @@ def to_device(b: Batch, device: torch.device) -> Batch:
 
 
 def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float,
-                   precision: Precision = FP32) -> tuple[float, float]:
-    """One optimiser step over micro-batches; returns (loss per supervised token, grad norm).
+                   precision: Precision = FP32, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step over micro-batches; returns (loss per supervised token, grad norm) as 0-d
+    tensors on the device, so the caller decides when to pay a host sync to read them.
 
     Each micro-batch's loss sum is divided by the supervised tokens of the whole step,
-    so the accumulated gradient is that of one batch holding them all.
+    so the accumulated gradient is that of one batch holding them all. `scaler`: fp16's
+    GradScaler, which skips steps whose scaled gradients overflowed.
     """
     n_sup = max(sum(b.supervised for b in batches), 1)
-    step_loss = 0.0
+    step_loss = torch.zeros((), device=params[0].device)
     for b in batches:
         b = to_device(b, params[0].device)
         with precision.autocast():
             loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
-        (loss_sum / n_sup).backward()
-        step_loss += float(loss_sum.detach())
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    # A non-finite loss or gradient would turn the weights into NaN: skip the update
-    # (the caller stops the run), so the weights in memory stay the last good ones.
-    if math.isfinite(step_loss) and math.isfinite(grad_norm):
-        optimizer.step()
-        scheduler.step()
+        loss = loss_sum / n_sup
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        step_loss += loss_sum.detach().float()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        # A non-finite loss or gradient would turn the weights into NaN: the update is skipped
+        # (the caller stops the run), so the weights in memory stay the last good ones.
+        finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+        if skip_if_nonfinite(optimizer, finite):
+            optimizer.step()
+            del optimizer.found_inf
+        elif bool(finite):  # an optimiser without an on-device skip: check on the host
+            optimizer.step()
+    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_loss / n_sup, grad_norm
+    return step_loss / n_sup, grad_norm.detach()
 
 
 @torch.no_grad()
@@ -130,9 +146,9 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
         b = to_device(make_batch(examples, order[s : s + batch_size], pad_id, pack_to), device)
         with precision.autocast():
             loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
-        total, count = total + float(loss), count + n
+        total, count = total + loss.float(), count + n  # summed on the device: one sync at the end
     model.train(was_training)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @dataclass
@@ -150,6 +166,7 @@ class Setup:
     plan: Plan
     optimizer: torch.optim.Optimizer
     scheduler: object
+    scaler: object  # torch.amp.GradScaler for fp16, else None
 
 
 def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, before_model=None) -> Setup:
@@ -161,11 +178,13 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     torch.manual_seed(cfg.seed)
     train_ex = load_examples(run_dir / "data" / "train.jsonl", tokenizer, cfg.data.train_on)
     valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer, cfg.data.train_on)
-    device = pick_device()
-    precision = choose_precision(cfg.train.precision, device)
+    device = hardware.pick_device()
+    precision = hardware.choose_precision(cfg.train.precision, device, model_path)
     if before_model is not None:
         before_model(device)
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
+    if cfg.method.kind != "full":  # a full fine-tune saves every weight: none may be rounded
+        cast_frozen(model, precision)
     # Padded batches are never wider than the longest example; packed rows fill max_length.
     widest = None if cfg.data.packing else max(len(e.input_ids) for e in train_ex)
     if cfg.train.gradient_checkpointing:
@@ -175,7 +194,8 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     plan = make_plan(cfg, train_ex)
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
-    return Setup(train_ex, valid_ex, device, precision, model, summary, widest, params, plan, optimizer, scheduler)
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+    return Setup(train_ex, valid_ex, device, precision, model, summary, widest, params, plan, optimizer, scheduler, scaler)
 
 
 def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
@@ -183,25 +203,32 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     if cfg.train.tensorboard:
         require_tensorboard()  # now, not after the model has loaded
     s = setup_training(cfg, run_dir, model_path, tokenizer)
+    console.print(f"[bold]precision[/] {s.precision.describe()}")
+    console.print(f"[bold]method[/] {cfg.method.kind}: {s.summary.describe()}")
+    estimate = print_memory_estimate(s.model, cfg, s.widest, s.precision)
+    try:
+        return _fit(cfg, run_dir, s, tokenizer.pad_token_id, resume, config_hash, estimate)
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(hardware.oom_message(round(estimate["total"] / 2**20))) from None
+
+
+def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_hash: str, estimate: dict) -> dict:
     train_ex, valid_ex, device, precision, model, summary = s.train_ex, s.valid_ex, s.device, s.precision, s.model, s.summary
-    params, plan, optimizer, scheduler = s.params, s.plan, s.optimizer, s.scheduler
-    console.print(f"[bold]precision[/] {precision.name} on {device.type}: {precision.reason}")
-    console.print(f"[bold]method[/] {cfg.method.kind}: {summary.describe()}")
-    estimate = print_memory_estimate(model, cfg, s.widest)
+    params, plan, optimizer, scheduler, scaler = s.params, s.plan, s.optimizer, s.scheduler, s.scaler
     ckpt_root = run_dir / "checkpoints"
-    start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, resume, config_hash)
+    start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, scaler, resume, config_hash)
     heldout = HeldOut.from_state(state.get("heldout"), cfg.train.early_stopping_patience)
     _warn_without_heldout(cfg, valid_ex)
     metrics_path = run_dir / "metrics.jsonl"
     truncate_metrics(metrics_path, start)
     tokens_seen = int(state.get("tokens_seen", 0))
+    watch = NonFiniteWatch(device, watch_grad=scaler is None)
 
     def save(step: int) -> Path:
         best = heldout.best_step if cfg.train.keep_best else None  # pruning never removes it
         kept = {"tokens_seen": tokens_seen, "config_hash": config_hash, "best": best, "heldout": heldout.state()}
-        return checkpoint.save(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last)
+        return checkpoint.save(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last, scaler)
 
-    pad = tokenizer.pad_token_id
     pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
     with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log:
@@ -211,20 +238,28 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
             if heldout.stopped_early:  # at the step before, or in the run this one resumes
                 break
             batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
-            loss, grad_norm = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision)
+            loss_t, norm_t = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm,
+                                            precision, scaler)
             tokens_seen += sum(b.tokens for b in batches)
             done, last = step + 1, step + 1 == plan.total_steps
-            _stop_if_diverged("loss", loss, done, ckpt_root)
-            _stop_if_diverged("gradient norm", grad_norm, done, ckpt_root)
+            watch.record(done, loss_t, norm_t)
+            evaluating = bool(valid_ex) and (last or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0))
+            periodic = bool(cfg.train.save_every and done % cfg.train.save_every == 0)
+            logging = done % cfg.train.log_every == 0 or last or evaluating
+            if not (logging or periodic):  # nothing read on the host this step: no sync
+                bar.update(1)
+                continue
+            loss, grad_norm = (float(x) for x in torch.stack([loss_t, norm_t.float()]).tolist())
+            _stop_if_diverged(watch, ckpt_root)
 
             valid_loss, improved = None, False
-            if valid_ex and (last or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+            if evaluating:
                 valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
-                _stop_if_diverged("held-out loss", valid_loss, done, ckpt_root)
+                _stop_if_nonfinite("held-out loss", valid_loss, done, ckpt_root)
                 improved = heldout.record(done, valid_loss)
 
             rate = (tokens_seen - tokens_at_start) / max(time.time() - t0, 1e-9)
-            if done % cfg.train.log_every == 0 or last or valid_loss is not None:
+            if logging:
                 row = {"step": done, "epoch": round(done * plan.grad_accum / plan.batches_per_epoch, 3),
                        "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4),
                        "tokens": tokens_seen, "tokens_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 1),
@@ -235,7 +270,6 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
 
             if heldout.stopped_early:
                 console.print(f"[yellow]early stopping[/] after step {done}: {heldout.why_stopped()}")
-            periodic = cfg.train.save_every and done % cfg.train.save_every == 0
             if last or heldout.stopped_early or periodic or (improved and cfg.train.keep_best):
                 save(done)
 
@@ -262,6 +296,8 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
         "final_train_loss": loss,
         "valid_loss": valid_loss,
         "precision": precision.name,
+        "precision_reason": precision.reason,
+        "device": device.type,
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
         **peak_memory_mb(device),
         "estimated_peak_mb": round(estimate["total"] / 2**20),
@@ -270,7 +306,15 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     return result
 
 
-def _stop_if_diverged(what: str, value: float, step: int, ckpt_root: Path) -> None:
+def _stop_if_diverged(watch: NonFiniteWatch, ckpt_root: Path) -> None:
+    """Stop when a step since the last check had a non-finite loss or gradient norm (one sync)."""
+    bad = watch.first_bad()
+    if bad is not None:
+        what, value, step = bad
+        _stop_if_nonfinite(what, value, step, ckpt_root)
+
+
+def _stop_if_nonfinite(what: str, value: float, step: int, ckpt_root: Path) -> None:
     """Stop with a clear message when `value` is NaN or infinite; no checkpoint is written after it."""
     if math.isfinite(value):
         return
@@ -291,7 +335,7 @@ def _tensorboard_dir(cfg: Config, run_dir: Path) -> Path | None:
     return run_dir / "tensorboard" if cfg.train.tensorboard else None
 
 
-def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, resume: bool, config_hash: str) -> tuple[int, dict]:
+def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, scaler, resume: bool, config_hash: str) -> tuple[int, dict]:
     """(step to continue after, that checkpoint's state); (0, {}) for a fresh start."""
     found = checkpoint.list_checkpoints(ckpt_root)
     if not found or not resume:
@@ -302,6 +346,6 @@ def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, resume: bool, co
         console.print(f"checkpoints in {ckpt_root} come from a different config; starting training over")
         shutil.rmtree(ckpt_root, ignore_errors=True)
         return 0, {}
-    state = checkpoint.load(path, model, optimizer, scheduler)
+    state = checkpoint.load(path, model, optimizer, scheduler, scaler)
     console.print(f"resuming from {path} (step {step})")
     return step, state

@@ -36,7 +36,7 @@ import torch
 
 from tunekit.config import Config, DataConfig, MethodConfig, TrainConfig
 from tunekit.progress import console
-from tunekit.train.compute import choose_precision, pick_device
+from tunekit.hardware import Precision, choose_precision
 from tunekit.train.loss import CHUNK
 from tunekit.train.methods import block_of, num_layers
 
@@ -84,17 +84,17 @@ def adapter_per_token(model, method_cfg: MethodConfig) -> int:
 
 
 def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, data_cfg: DataConfig,
-                    bf16: bool | None = None, length: int | None = None) -> dict:
+                    precision: Precision | None = None, length: int | None = None) -> dict:
     """Bytes a training step needs at its peak, by part, with a total and a one-line description.
 
-    `bf16`: whether the forward runs under bf16 autocast; None resolves train.precision
-    for the device training will use, as the loop does. `length`: tokens per row of the
+    `precision`: what the forward runs in; None resolves train.precision for the device
+    training will use, as the loop does. `length`: tokens per row of the
     largest batch (the longest prepared example, which no padded batch exceeds); None
     assumes data.max_length.
     """
     length = min(length or data_cfg.max_length, data_cfg.max_length)
-    if bf16 is None:
-        bf16 = choose_precision(train_cfg.precision, pick_device()).dtype is torch.bfloat16
+    if precision is None:
+        precision = choose_precision(train_cfg.precision, model_dir=getattr(model, "name_or_path", None))
     params = list(model.parameters())  # unique tensors: a tied matrix once
     trainable = [p for p in params if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
@@ -104,8 +104,8 @@ def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, dat
     c = model.config
     hidden, inter = int(c.hidden_size), int(getattr(c, "intermediate_size", 4 * c.hidden_size))
     heads = int(c.num_attention_heads)
-    # bf16 autocast keeps most saved activations in bf16; otherwise they have the weights' dtype.
-    act_bytes = 2 if bf16 else params[0].element_size()
+    # bf16/fp16 autocast keeps most saved activations in 16 bits; otherwise they have the weights' dtype.
+    act_bytes = 2 if precision.dtype is not None else params[0].element_size()
     tokens = train_cfg.batch_size * length
     blocks = _layers_with_gradient(model)
     adapters = adapter_per_token(model, method_cfg) // max(blocks, 1)  # spread over the blocks gradient runs through
@@ -136,9 +136,9 @@ def _available_bytes() -> tuple[int, str] | None:
     return None
 
 
-def print_memory_estimate(model, cfg: Config, length: int | None = None) -> dict:
+def print_memory_estimate(model, cfg: Config, length: int | None = None, precision: Precision | None = None) -> dict:
     """Print the estimate before training, beside the memory available; returns the estimate."""
-    est = estimate_memory(model, cfg.method, cfg.train, cfg.data, length=length)
+    est = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision=precision, length=length)
     line = est["description"]
     avail = _available_bytes()
     if avail:
