@@ -201,7 +201,7 @@ def test_cli_chat_on_an_adapter_and_a_missing_adapter_file(lively_dir, adapter_a
     out = capsys.readouterr().out
     want = answers_of(peft_on(lively_dir, adapter_a), open_model(str(lively_dir)).tokenizer, [user()], NEW)[0]
     assert f"> {USER}\n{want}\n[" in out and "tokens/s]" in out and "* tuned:" in out
-    assert f"chat with alpha (base {lively_dir}, adapter {adapter_a}; float32)" in out
+    assert f"chat with alpha (base {lively_dir}, adapter {adapter_a}; float32 weights, computing in fp32 on cpu" in out
 
     broken = tmp_path / "broken"
     shutil.copytree(adapter_a, broken)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from tunekit import atomic
 from tunekit.config import Config
 from tunekit.data.batches import load_examples
@@ -39,6 +41,7 @@ from tunekit.eval.metrics import (
     states_facts,
     token_f1,
 )
+from tunekit.hardware import Precision, choose_precision, for_inference
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import console
 from tunekit.train.checkpoint import tuned_checkpoint
@@ -49,14 +52,22 @@ METRIC_LABELS = {"fact_accuracy": "fact accuracy", "exact_match": "exact match",
                  "rouge_l": "ROUGE-L", "json_valid": "valid JSON", "pattern_match": "pattern match"}
 
 
-def load_tuned(cfg: Config, run_dir: Path, base_model):
-    """The trained model from the run's best checkpoint (train.keep_best) or its final one, adapters merged for speed."""
+def load_tuned(cfg: Config, run_dir: Path, model_path: Path, device) -> torch.nn.Module:
+    """The trained model from the run's best checkpoint (train.keep_best) or its final one on `device`:
+    an adapter merged into the fp32 base for speed (cast it after, never before: see for_inference)."""
     ckpt, _ = tuned_checkpoint(run_dir)
     if (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base_model, str(ckpt)).merge_and_unload()
-    return load_model(ckpt, cfg.model.dtype)
+        base = load_model(model_path, cfg.model.dtype).to(device)
+        return PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
+    return load_model(ckpt, cfg.model.dtype).to(device)
+
+
+def run_precision(cfg: Config, model_path: Path) -> Precision:
+    """The precision a run's every stage computes in: training's decision (train.precision) on this
+    machine, so held-out loss, answers, the forgetting check, chat and generate agree with it."""
+    return choose_precision(cfg.train.precision, model_dir=model_path)
 
 
 def _reference_text(extra: dict) -> str | None:
@@ -171,13 +182,17 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     pad, bs, new = tokenizer.pad_token_id, cfg.eval.batch_size, cfg.eval.max_new_tokens
     check_forgetting = cfg.eval.forgetting and "tuned" in cfg.eval.contenders
 
-    # One model in memory at a time: everything the base model does happens before its weights
-    # are merged with the adapter (merge_and_unload changes them in place) or replaced.
-    model = load_model(model_path, cfg.model.dtype)
+    precision = run_precision(cfg, model_path)
+    console.print(f"[bold]precision[/] {precision.describe()}")
+    pack_to = cfg.data.max_length if cfg.data.packing else None
+    # One model in memory at a time: everything the base model does happens before it is replaced.
+    # In bf16 it is the base as LoRA training keeps it (train/compute.py: cast_frozen), so its
+    # held-out loss is measured as the tuned model's was.
+    model = for_inference(load_model(model_path, cfg.model.dtype), precision)
     answers: dict[str, list[str]] = {}
     losses: dict[str, float] = {}
     if valid_ex:
-        losses["base"] = evaluate_loss(model, valid_ex, pad, bs)
+        losses["base"] = evaluate_loss(model, valid_ex, pad, bs, pack_to, precision)
     if questions and "base" in cfg.eval.contenders:
         answers["base"] = greedy_answers(model, tokenizer, questions, new, bs, "eval base")
     shots = [r.messages for r in train_records if r.messages]  # documents are no examples to show
@@ -188,10 +203,11 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     base_probe = forgetting.probe(model, tokenizer, bs, "base") if check_forgetting else None
     forgot: dict = {}
     if "tuned" in cfg.eval.contenders:
-        model = load_tuned(cfg, run_dir, model)
+        del model
+        model = for_inference(load_tuned(cfg, run_dir, model_path, precision.device), precision)
         if valid_ex:
             # The train stage already measured these weights on this validation set.
-            losses["tuned"] = tuned_checkpoint(run_dir)[1] or evaluate_loss(model, valid_ex, pad, bs)
+            losses["tuned"] = tuned_checkpoint(run_dir)[1] or evaluate_loss(model, valid_ex, pad, bs, pack_to, precision)
         if questions:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
         if base_probe is not None:
@@ -203,6 +219,8 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     summary = summarise(values, per_item, cfg.seed)
     scores = {"questions": summary.pop("questions"), "valid_examples": len(valid_ex), "valid_loss": losses,
               "perplexity": {c: perplexity(x) for c, x in losses.items()}, **summary, "forgetting": forgot,
+              "precision": {"name": precision.name, "device": precision.device.type, "reason": precision.reason,
+                            "contenders": {c: precision.name for c in answers}},
               "eval_seconds": round(time.perf_counter() - start, 1)}
     rows = []
     for i, it in enumerate(items):

@@ -260,7 +260,7 @@ def _start_cache(model, parts, rows: int, prefix: SharedPrefix, capacity: int, n
     if prefix.kv is None:
         # The prefix at batch 1 (its output token is not needed: every row goes on with its own suffix).
         first = Cache(layers=[slab(len(prefix.tokens), 1) for _ in range(n_layers)])
-        _next_tokens(model, parts, input_ids=torch.tensor([prefix.tokens]), cache=first)
+        _next_tokens(model, parts, input_ids=torch.tensor([prefix.tokens], device=model.device), cache=first)
         prefix.kv = [(layer.keys, layer.values) for layer in first.layers]
     return Cache(layers=[slab(capacity, rows, kv) for kv in prefix.kv])
 
@@ -298,7 +298,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: set
     assert prefix < min(len(p) for p in prompts) and all(p[:prefix] == shared.tokens for p in prompts)
     rows = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # original index of each cache row
     suffixes = [prompts[i][prefix:] for i in rows]
-    ids, mask = left_pad(suffixes, pad_id)
+    ids, mask = (t.to(model.device) for t in left_pad(suffixes, pad_id))
     positions = prefix + (mask.cumsum(-1) - 1).clamp(min=0)
     cache = _start_cache(model, parts, len(prompts), shared, prefix + ids.shape[1] + max_new_tokens, n_layers)
     mask = torch.cat([mask.new_ones((len(prompts), prefix)), mask], dim=1)
@@ -315,7 +315,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: set
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(rows):
-            sel = torch.tensor(keep)
+            sel = torch.tensor(keep, device=nxt.device)
             cache.batch_select_indices(sel)
             nxt, mask, last_pos = nxt[sel], mask[sel], last_pos[sel]
             rows = [rows[j] for j in keep]

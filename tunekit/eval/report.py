@@ -230,6 +230,8 @@ _COST_ROWS = [
     ("tokens_seen", "tokens trained on", "{:,}"),
     ("seconds", "training time", "{:,.0f} s"),
     ("tokens_per_s", "throughput", "{:,.0f} tokens/s"),
+    ("device", "device", "{}"),
+    ("precision_reason", "training precision", "{}"),
     ("peak_rss_mb", "peak memory (RSS), measured", "{:,} MB"),
     ("estimated_peak_mb", "peak memory, estimated before training", "{:,} MB"),
     ("cuda_max_allocated_mb", "peak GPU memory allocated", "{:,} MB"),
@@ -244,6 +246,12 @@ def _cost_section(train: dict, scores: dict, run_dir: Path) -> list[dict]:
         items.insert(at, f"measured / estimated memory: {train['peak_rss_mb'] / train['estimated_peak_mb']:.2f}")
     if train.get("stopped_early"):
         items.append(f"stopped early after step {train.get('steps')} of {train.get('planned_steps')}")
+    p = scores.get("precision") or {}
+    if p.get("contenders"):
+        said = ", ".join(f"{_label(c)} {name}" for c, name in p["contenders"].items())
+        how = ("fp32 throughout" if p.get("name") == "fp32" else "answers and the base's held-out loss from weights "
+               "cast to it, an adapter merged in fp32 first; the tuned held-out loss as training measured it")
+        items.append(f"evaluation precision on {p.get('device', 'cpu')}: {said} ({how})")
     eval_s = scores.get("eval_seconds") or _read_json(run_dir / ".stages" / "eval.json").get("seconds")
     if eval_s is not None:
         items.append(f"evaluation time: {eval_s:,.0f} s")

@@ -41,6 +41,7 @@ def export_adapter(target: Target, out: Path, want: list[torch.Tensor] | None = 
     from safetensors import safe_open
 
     from tunekit.export.merge import logit_gap, probe_logits
+    from tunekit.hardware import pick_device
     from tunekit.models.loading import load_model, load_tokenizer
 
     if target.adapter is None:
@@ -48,7 +49,8 @@ def export_adapter(target: Target, out: Path, want: list[torch.Tensor] | None = 
                               "use format 'merged' (or gguf/ollama)")
     tokenizer = load_tokenizer(target.tokenizer)
     if want is None:
-        want = probe_logits(PeftModel.from_pretrained(load_model(target.model), str(target.adapter)).eval(), tokenizer)
+        base = load_model(target.model).to(pick_device())
+        want = probe_logits(PeftModel.from_pretrained(base, str(target.adapter)).eval(), tokenizer)
     base_id = portable_base(target)
     with atomic.directory(out) as tmp:
         for name in ADAPTER_FILES + _EXTRA_FILES:
@@ -59,7 +61,7 @@ def export_adapter(target: Target, out: Path, want: list[torch.Tensor] | None = 
             config["base_model_name_or_path"] = base_id
             (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
         atomic.readable(tmp)
-        loaded = PeftModel.from_pretrained(load_model(target.model), str(tmp)).eval()
+        loaded = PeftModel.from_pretrained(load_model(target.model).to(pick_device()), str(tmp)).eval()
         with safe_open(str(tmp / "adapter_model.safetensors"), framework="pt") as f:
             in_file = set(f.keys())
         # save_embedding_layers=False: "auto" looks the base up on the hub (by the name just written) to compare vocabularies.

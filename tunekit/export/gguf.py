@@ -24,6 +24,7 @@ from tunekit import atomic
 from tunekit.data.template import prompt_ids
 from tunekit.errors import CheckpointError, ConfigError, ModelError
 from tunekit.export.gguf_meta import tokenizer_meta
+from tunekit.hardware import pick_device
 from tunekit.progress import Bar
 
 GGUF_TYPES = ("f16", "bf16", "q8_0")
@@ -221,11 +222,12 @@ def verify_gguf(gguf_file: Path, model_dir: Path, qtype: str, also: Callable | N
     text = hf_tok.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
     ids = prompt_ids(hf_tok, _PROBE)  # as training and eval build prompts: one BOS, never two
     # one model in memory at a time: the reference's logits, then the file's
-    ref, ref_cont = _probe(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True), ids)
+    ref, ref_cont = _probe(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
+                           .to(pick_device()), ids)
     with _alone(gguf_file) as folder:
         gg_tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file.name)
         _check_tokenizer(hf_tok, gg_tok, text, gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file.name, dtype=torch.float32).to(pick_device())
         got, got_cont = _probe(model, ids)
         extra = also(model) if also is not None else {}
         del model
@@ -286,7 +288,7 @@ def _check_tokenizer(hf_tok, gg_tok, text: str, gguf_file: Path) -> None:
 def _probe(model, ids: list[int]) -> tuple[torch.Tensor, list[int]]:
     """Logits at every probe position, and the greedy continuation (a plain loop: no generation config involved)."""
     model.eval()
-    seq = torch.tensor([ids])
+    seq = torch.tensor([ids], device=model.device)
     logits = model(seq).logits[0]
     cont = []
     nxt = logits[-1].argmax()
@@ -295,4 +297,4 @@ def _probe(model, ids: list[int]) -> tuple[torch.Tensor, list[int]]:
         seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
         nxt = model(seq).logits[0, -1].argmax()
     del model
-    return logits, cont
+    return logits.cpu(), cont

@@ -19,6 +19,7 @@ import torch
 
 from tunekit import atomic
 from tunekit.errors import CheckpointError, ConfigError
+from tunekit.hardware import pick_device
 from tunekit.models.tuned import Target
 
 MERGE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -38,14 +39,14 @@ PROBES = [
 
 
 def probe_logits(model, tokenizer) -> list[torch.Tensor]:
-    """fp32 logits of every probe conversation (chat template with generation prompt)."""
+    """fp32 logits of every probe conversation (chat template with generation prompt), on the CPU."""
     from tunekit.data.template import prompt_ids
 
     out = []
     with torch.no_grad():
         for conv in PROBES:
-            ids = torch.tensor([prompt_ids(tokenizer, conv)])
-            out.append(model(input_ids=ids).logits.float())
+            ids = torch.tensor([prompt_ids(tokenizer, conv)], device=model.device)
+            out.append(model(input_ids=ids).logits.float().cpu())
     return out
 
 
@@ -75,7 +76,7 @@ def merged_fp32(target: Target, questions: list[list[dict]] | None = None, answe
     from tunekit.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(target.tokenizer)
-    model = load_model(target.model, "float32").eval()
+    model = load_model(target.model, "float32").to(pick_device()).eval()
     if target.adapter is not None:
         from peft import PeftModel
 
@@ -131,7 +132,7 @@ def export_merged(target: Target, out: Path, dtype: str, merged: Merged, also=No
     dtype = choose_dtype(dtype, target.tokenizer)  # the base folder, also for a full fine-tune
     with atomic.directory(out) as tmp:
         write_folder(merged.model, merged.tokenizer, tmp, dtype, target.tokenizer)
-        back = load_model(tmp, "float32").eval()  # the saved weights, upcast to compute
+        back = load_model(tmp, "float32").to(pick_device()).eval()  # the saved weights, upcast to compute
         figures = {"path": str(out), "dtype": dtype, "merge_relative_gap_fp32": merged.merge_gap,
                    **logit_gap(probe_logits(back, merged.tokenizer), merged.want), "tolerance": TOLERANCE[dtype]}
         if figures["relative_gap"] > TOLERANCE[dtype]:

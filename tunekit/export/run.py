@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tunekit import atomic
 from tunekit.errors import CheckpointError, ConfigError
+from tunekit.hardware import exact_fp32
 from tunekit.models.tuned import Target
 from tunekit.progress import console
 
@@ -83,7 +84,13 @@ def export_target(target: Target, formats: list[str], out: Path, dtype: str = "a
     """Write and verify each format under `out`; returns (and writes to out/export.json) the figures.
 
     Each format's files appear only once its checks pass. export.json describes this export only;
-    files an earlier export left for formats not written now are named in it as stale."""
+    files an earlier export left for formats not written now are named in it as stale.
+    The models run on the GPU when there is one, in plain fp32."""
+    with exact_fp32():  # the checks' tolerances are fp32's: no TF32 matmuls on a GPU
+        return _export(target, formats, out, dtype, gguf_type, check_answers)
+
+
+def _export(target: Target, formats: list[str], out: Path, dtype: str, gguf_type: str, check_answers: int) -> dict:
     from tunekit.export.adapter import export_adapter
     from tunekit.export.merge import choose_dtype, export_merged, merged_fp32
 

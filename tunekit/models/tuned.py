@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunekit.errors import CheckpointError, ModelError
+from tunekit.hardware import FP32, Precision, for_inference
 from tunekit.models._log import say
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -236,20 +237,32 @@ def _identity_sample(folder: Path) -> list:
     return [found[k] for k in sorted(found, key=lambda k: next(i for i, w in enumerate(wanted) if k.endswith(w)))]
 
 
-def load_target(target: Target, dtype: str = "float32"):
-    """(model, tokenizer) ready to generate: eval mode, KV cache on; a PeftModel when there is an adapter
-    (its adapter is named "tuned")."""
-    from tunekit.models.loading import load_model, load_tokenizer
+def load_target(target: Target, dtype: str = "float32", precision: Precision = FP32):
+    """(model, tokenizer) ready to generate on the precision's device: eval mode, KV cache on.
 
-    tokenizer = load_tokenizer(target.tokenizer)
-    model = load_model(target.model, dtype)
-    if target.adapter is not None:
+    In fp32 a model with an adapter is a PeftModel (its adapter named "tuned"), so chat can switch
+    adapters. In bf16/fp16 the adapter is merged into the fp32 weights before they are cast, as the
+    eval stage does: an adapter applied beside cast weights rounds differently and could change a
+    greedy answer away from the one the eval scored."""
+    from tunekit.models.loading import load_tokenizer
+
+    return load_answering(target.model, target.adapter, dtype, precision), load_tokenizer(target.tokenizer)
+
+
+def load_answering(model_dir: Path, adapter: Path | None, dtype: str, precision: Precision):
+    """The model that answers: `model_dir`'s weights with `adapter` on them (see load_target)."""
+    from tunekit.models.loading import load_model
+
+    model = load_model(model_dir, dtype).to(precision.device)
+    if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(target.adapter), adapter_name="tuned")
-    model.eval()
+        model = PeftModel.from_pretrained(model, str(adapter), adapter_name="tuned")
+        if precision.dtype is not None:
+            model = model.merge_and_unload()
+    model = for_inference(model, precision)
     model.config.use_cache = True
-    return model, tokenizer
+    return model
 
 
 def attach_adapter(model, adapter: Path, base_dir: Path, name: str):

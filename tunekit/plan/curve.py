@@ -131,12 +131,13 @@ def _score(cfg: Config, point_dir: Path, model_path: Path, tokenizer, questions:
 
     if not questions:
         return float(tuned_checkpoint(point_dir)[1]), "valid_loss"
-    from tunekit.eval.evaluate import load_tuned
+    from tunekit.eval.evaluate import load_tuned, run_precision
     from tunekit.eval.generate import greedy_answers
     from tunekit.eval.metrics import accuracy, states_facts
-    from tunekit.models.loading import load_model
+    from tunekit.hardware import for_inference
 
-    model = load_tuned(cfg, point_dir, load_model(model_path, cfg.model.dtype))
+    precision = run_precision(cfg, model_path)  # the eval stage's: the curve's scores are comparable to its
+    model = for_inference(load_tuned(cfg, point_dir, model_path, precision.device), precision)
     answers = greedy_answers(model, tokenizer, [q.messages for q in questions], cfg.eval.max_new_tokens,
                              cfg.eval.batch_size, f"curve {pct(fraction)}%")
     return accuracy([states_facts(a, q.extra["required"]) for a, q in zip(answers, questions, strict=True)]), "fact_accuracy"

@@ -61,9 +61,21 @@ class ChatSession:
 
     # -- answering ---------------------------------------------------------------------------
 
+    @property
+    def _merged(self) -> bool:
+        """In bf16/fp16 the answering model has its adapter merged (tuned.load_target): switching
+        adapters reloads the base, so each answer is the one the eval stage would give."""
+        return self.loaded.precision.dtype is not None
+
+    def _reload(self, adapter: Path | None) -> None:
+        from tunekit.models.tuned import load_answering
+
+        self.loaded.model = None  # one model in memory at a time
+        self.loaded.model = load_answering(self.loaded.target.model, adapter, self.loaded.dtype, self.loaded.precision)
+
     def _adapter_state(self):
         """The base model alone while adapters are loaded but switched off."""
-        if self.active is None and self.adapters:
+        if self.active is None and self.adapters and not self._merged:
             return self.loaded.model.disable_adapter()
         return nullcontext()
 
@@ -136,6 +148,8 @@ class ChatSession:
             if not self.adapters:
                 raise ModelError("no adapter is loaded, so the base model already answers; load one with /adapter PATH")
             self.active = None
+            if self._merged:
+                self._reload(None)
             _say(out, "[adapter off: the base model answers]")
         elif arg == "on":
             if self.last is None:
@@ -156,12 +170,16 @@ class ChatSession:
         return "\n".join(rows + ([] if self.active else ["(adapters off: the base model answers)"]))
 
     def _use(self, name: str) -> None:
-        self.loaded.model.set_adapter(name)
+        if self._merged:
+            if name != self.active:
+                self._reload(self.adapters[name])
+        else:
+            self.loaded.model.set_adapter(name)
         self.active = self.last = name
 
     def _load(self, spec: str) -> str:
         """Load the adapter `spec` names (a folder, or a run whose tuned model is an adapter) onto the base."""
-        from tunekit.models.tuned import attach_adapter, is_run, resolve_target
+        from tunekit.models.tuned import attach_adapter, check_adapter, is_run, resolve_target
 
         path = Path(spec).expanduser()
         run = next((r for r in (path, Path(self.runs_dir) / spec) if r.is_dir() and is_run(r)), None)
@@ -182,7 +200,11 @@ class ChatSession:
             self._use(same)
             return same
         name = self._name(run.name if run else path.name)
-        self.loaded.model = attach_adapter(self.loaded.model, target.adapter, base, name)
+        if self._merged:
+            check_adapter(target.adapter, base)
+            self._reload(target.adapter)
+        else:
+            self.loaded.model = attach_adapter(self.loaded.model, target.adapter, base, name)
         self.adapters[name] = target.adapter
         self.active = self.last = name
         return name

@@ -21,6 +21,7 @@ import torch
 
 from tunekit.data.template import prompt_ids
 from tunekit.errors import ConfigError, ModelError
+from tunekit.hardware import Precision, choose_precision
 from tunekit.models.tuned import Target, load_target, resolve_target, run_config
 from tunekit.serve.batch import check_sizes
 
@@ -57,6 +58,7 @@ class Loaded:
     tokenizer: object
     target: Target
     dtype: str
+    precision: Precision
 
 
 @dataclass
@@ -74,31 +76,37 @@ class Answer:
         return (self.tokens - 1) / rest if self.tokens > 1 and rest > 0 else 0.0
 
 
-def open_model(spec: str, base: str | None = None, runs_dir: str | Path = "runs", dtype: str | None = None) -> Loaded:
+def open_model(spec: str, base: str | None = None, runs_dir: str | Path = "runs", dtype: str | None = None,
+               precision: str | None = None) -> Loaded:
     """Resolve and load what `spec` names (see tuned.resolve_target). dtype: by default the run's
-    model.dtype for a run, else float32."""
+    model.dtype for a run, else float32. precision (auto | fp32 | bf16 | fp16): by default the run's
+    train.precision, else auto; resolved on this machine as the eval stage resolves it, so a run's
+    chat and generate answer as its eval did."""
     target = resolve_target(spec, base=base, runs_dir=runs_dir)
-    dtype = dtype or _run_dtype(target) or "float32"
+    dtype = dtype or _run_setting(target, "model", "dtype") or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    model, tokenizer = load_target(target, dtype)
-    return Loaded(model, tokenizer, target, dtype)
+    chosen = choose_precision(precision or _run_setting(target, "train", "precision") or "auto", model_dir=target.model,
+                              key="--precision" if precision else "train.precision")
+    model, tokenizer = load_target(target, dtype, chosen)
+    return Loaded(model, tokenizer, target, dtype, chosen)
 
 
-def _run_dtype(target: Target) -> str | None:
+def _run_setting(target: Target, section: str, key: str) -> str | None:
     if target.run_dir is None:
         return None
-    return (run_config(target.run_dir).get("model") or {}).get("dtype")
+    return (run_config(target.run_dir).get(section) or {}).get(key)
 
 
 def describe(loaded: Loaded) -> str:
     """One line: what was loaded, from where, in which dtype."""
     t = loaded.target
+    how = f"{loaded.dtype} weights, computing in {loaded.precision.describe()}"
     if t.adapter:
-        return f"{t.label} (base {t.model}, adapter {t.adapter}; {loaded.dtype})"
+        return f"{t.label} (base {t.model}, adapter {t.adapter}; {how})"
     if Path(t.label).expanduser().resolve() == t.model.resolve():  # a folder named by its path
-        return f"{t.model} ({loaded.dtype})"
-    return f"{t.label} (weights {t.model}; {loaded.dtype})"
+        return f"{t.model} ({how})"
+    return f"{t.label} (weights {t.model}; {how})"
 
 
 def context_limit(model, max_new_tokens: int) -> int | None:
@@ -184,7 +192,7 @@ def stream_answer(model, tokenizer, prompt: list[int], sampling: Sampling, stop:
     start = time.perf_counter()
     stream = TextStream(tokenizer, on_text)
     pick = _picker(sampling)
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     first = 0.0
     for step in range(sampling.max_new_tokens):
@@ -195,7 +203,7 @@ def stream_answer(model, tokenizer, prompt: list[int], sampling: Sampling, stop:
         stream.add(tok)
         if step == sampling.max_new_tokens - 1:
             break
-        nxt = torch.tensor([[tok]])
+        nxt = torch.tensor([[tok]], device=ids.device)
         if sampling.temperature:
             ids = torch.cat([ids, nxt], dim=1)  # the warpers may look at what was written; greedy never does
         out = model(input_ids=nxt, cache=out.cache, use_cache=True)
