@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tunekit import hardware  # noqa: E402
 from tunekit.config import load_config  # noqa: E402
 from tunekit.data.batches import collate, epoch_batches  # noqa: E402
 from tunekit.data.records import load_records  # noqa: E402
@@ -114,8 +115,10 @@ def main() -> None:
     train = bench_train(cfg, path, tok, args.steps)
     gen = bench_generate(cfg, path, tok, args.questions)
     result = {
-        "machine": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+        # get_cpu_capability names the vector ISA only (never AMX); tunekit.hardware knows the rest.
+        "machine": {"cpu_model": hardware.cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "amx": hardware.amx(), "avx512_bf16": "avx512_bf16" in hardware.cpu_flags(),
+                    "threads": torch.get_num_threads(), "arch": platform.machine(), "torch": torch.__version__},
         "matmul_peak_gflops": peak,
         "train": {**train, "mfu_fp32": train["gflops"] / peak["fp32"]},
         "generate": {**gen, "mfu_fp32": gen["gflops"] / peak["fp32"]},
@@ -128,7 +131,8 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| train ({train['method']}) | {train['tokens_per_s']:.0f} | {train['gflops']:.0f} | {result['train']['mfu_fp32']:.0%} |")
     print(f"| greedy generation | {gen['new_tokens_per_s']:.0f} new | {gen['gflops']:.0f} | {result['generate']['mfu_fp32']:.0%} |")
-    print(f"\nCPU capability {result['machine']['cpu_capability']}, {result['machine']['threads']} threads; written to {out}")
+    m = result["machine"]
+    print(f"\n{m['cpu_model']}: {m['cpu_capability']}, AMX {'yes' if m['amx'] else 'no'}, {m['threads']} threads; written to {out}")
 
 
 if __name__ == "__main__":

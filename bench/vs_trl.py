@@ -24,11 +24,21 @@ from their own by ~24), so it would be faster only by training something else; i
 train_sampling_strategy=group_by_length, so a padded batch holds examples of similar
 length as tunekit's batches do; gradient_checkpointing=False (SFTConfig's default is
 True: slower); optim=adamw_torch_fused (transformers' default on torch >= 2.8); bf16
-autocast only where the CPU has AMX (torch.backends.cpu.get_cpu_capability()), else fp32;
+autocast exactly when tunekit's own decision says bf16 (see Precision below), else fp32;
 dataloader_num_workers=0 (the data is already tokenised; workers would take cores from
 the matmuls); torch_compile=False (batch shapes vary, so it recompiles; not measured
 here); no in-loop evaluation or saving; threads = cores, as tunekit sets them. Each can
 be changed with the --trl-* flags.
+
+Precision: one decision for both tools. With --precision auto (the default) it is
+tunekit's: `tunekit.hardware.choose_precision("auto", model_dir=<the model>)`, which times
+bf16 against fp32 matmuls at the model's shapes (cached in $TUNEKIT_HOME/hardware.json, so
+tunekit's training process, which decides again, reads the same answer); TRL gets bf16=True
+exactly when that decision is bf16. (The old check, "AMX" in get_cpu_capability(), was
+never true: that string names the vector ISA and stops at AVX512.) --precision fp32|bf16
+forces both: tunekit through train.precision, TRL through bf16=True/False. Generation runs
+both tools in the same dtype too. The results' "machine" section records the CPU model, AMX,
+AVX512-BF16, and the decision with its reason and measured GFLOP/s.
 
 Generation: greedy answers to the held-out questions (the eval stage's work) with the
 eval stage's batch size and max_new_tokens, tunekit's loop (tunekit.eval.generate.
@@ -40,6 +50,7 @@ kept) and bench/results/vs_trl.md.
 
     python bench/vs_trl.py                      # lora, full and generation, 3 pairs each
     python bench/vs_trl.py --method lora --pairs 5
+    python bench/vs_trl.py --precision bf16     # both tools in bf16 autocast, whatever auto says
     python bench/vs_trl.py --limit 48 --pairs 1 --questions 16 --out /tmp/vs_trl.json   # smoke test
 
 Time on the 2-core dev machine (AMD EPYC, AVX2, no AMX, fp32 both sides): one epoch is
@@ -66,6 +77,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tunekit import hardware  # noqa: E402
 from tunekit.config import load_config  # noqa: E402
 from tunekit.data.batches import load_examples  # noqa: E402
 from tunekit.models.loading import load_tokenizer  # noqa: E402
@@ -88,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--questions", type=int, default=None, help="generation: only the first N held-out questions")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="both tools' precision; auto (default): tunekit's measured decision, which TRL then follows")
     p.add_argument("--tunekit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra tunekit config for its runs, e.g. data.packing=true (YAML scalar)")
     p.add_argument("--trl-padding-free", type=int, choices=[0, 1], default=0,
@@ -163,7 +177,10 @@ def bench_train(args, method: str, base: dict, stats: dict, work: Path) -> dict:
         "peak_rss": spread([a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in pairs]),
         "heldout_loss": spread([a["heldout_loss"] / b["heldout_loss"] for a, b in pairs]),
     }
-    return {"lr": spec["lr"], "same_steps": len(steps) == 1, "runs": runs, "ratios_tunekit_over_trl": ratios}
+    # tunekit decides `auto` again in its own process; a different answer there (a cache that could
+    # not be written, a flip at the margin) would make the comparison unequal, so say so.
+    return {"lr": spec["lr"], "same_steps": len(steps) == 1, "same_precision": len({r["precision"] for r in runs}) == 1,
+            "runs": runs, "ratios_tunekit_over_trl": ratios}
 
 
 def bench_generate(args, base: dict, cfg, data: Path, work: Path) -> dict:
@@ -184,6 +201,7 @@ def bench_generate(args, base: dict, cfg, data: Path, work: Path) -> dict:
     same = sum(x == y for x, y in zip(a, b))
     pairs = [(runs[i], runs[i + 1]) for i in range(0, len(runs), 2)]
     return {"questions": len(a), "batch_size": spec["gen_batch_size"], "max_new_tokens": spec["max_new_tokens"],
+            "precision": spec["precision"],
             "identical_answers": same, "all_identical": same == len(a),
             "differing": [i for i, (x, y) in enumerate(zip(a, b)) if x != y][:20], "runs": runs,
             "ratios_tunekit_over_transformers": {
@@ -192,18 +210,14 @@ def bench_generate(args, base: dict, cfg, data: Path, work: Path) -> dict:
 
 
 def matmul_peak(seconds: float = 1.5) -> dict:
-    """This machine's matmul rate in GFLOP/s for fp32 and bf16 (2048^3 products, all cores): the MFU denominators."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        a @ b
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            n += 1
-        out[name] = round(2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9, 1)
-    return out
+    """This machine's matmul rate in GFLOP/s for fp32 and bf16 (2048^3 products, all cores): the MFU denominators.
+
+    Not the precision decision's figures: those are at the model's (smaller) shapes, where call
+    overhead counts; MFU wants the best the hardware does."""
+    hardware.set_threads(None)
+    shape, cpu = [(2048, 2048, 2048)], torch.device("cpu")
+    return {name: round(hardware.matmul_gflops(dtype, shape, cpu, seconds), 1)
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
 def model_flops_per_token(model_path: str, supervised_share: float) -> dict:
@@ -224,24 +238,19 @@ def model_flops_per_token(model_path: str, supervised_share: float) -> dict:
     return {"lora": 4 * body + 4 * head * supervised_share, "full": 6 * body + 6 * head * supervised_share}
 
 
-def machine() -> dict:
+def machine(auto: hardware.Precision, used: hardware.Precision, setting: str) -> dict:
+    """The CPU as tunekit.hardware sees it, tunekit's own (auto) precision decision, and the one both tools ran."""
     import peft
     import transformers
     import trl
 
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": len(os.sched_getaffinity(0)),
-            "processor": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
+    return {"cpu_model": hardware.cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "amx": hardware.amx(), "avx512_bf16": "avx512_bf16" in hardware.cpu_flags(),
+            "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+            "tunekit_auto_precision": {"name": auto.name, "reason": auto.reason, "gflops": auto.gflops},
+            "precision": {"setting": setting, "name": used.name, "reason": used.reason},
+            "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None) -> None:
@@ -257,19 +266,29 @@ def main(argv=None) -> None:
     stats["flops_per_token"] = model_flops_per_token(model, stats["supervised"] / stats["tokens"])
     stats["peak_gflops"] = matmul_peak()
     print(f"matmul peak here: {stats['peak_gflops']} GFLOP/s", flush=True)
-    amx = "AMX" in torch.backends.cpu.get_cpu_capability()
+    # tunekit's decision, made as its training makes it (same threads, same model shapes, so its
+    # training process reads the same cached measurement); TRL follows it. A forced setting
+    # is resolved too, for its reason and to fail here on a bad one.
+    auto = hardware.choose_precision("auto", model_dir=model)
+    used = auto if args.precision == "auto" else hardware.choose_precision(args.precision, model_dir=model)
+    print(f"precision: {used.describe()}", flush=True)
     overrides = dict(s.split("=", 1) for s in args.tunekit_set)
+    if args.precision != "auto":
+        if "train.precision" in overrides:
+            raise SystemExit("give the precision once: --precision, or --tunekit-set train.precision=..., not both")
+        overrides["train.precision"] = args.precision
     import yaml
 
     base = {"model": model, "train": str(data / "train.jsonl"), "valid": str(data / "valid.jsonl"), "seed": 0,
             "r": 16, "alpha": 32, "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
             "grad_accum": args.grad_accum, "max_length": cfg.data.max_length, "warmup_ratio": 0.05,
-            "tunekit_overrides": {k: yaml.safe_load(v) for k, v in overrides.items()},
-            "trl": {"padding_free": bool(args.trl_padding_free), "sampling": args.trl_sampling, "optim": args.trl_optim, "bf16": amx,
+            "tunekit_overrides": {k: yaml.safe_load(v) for k, v in overrides.items()}, "precision": used.name,
+            "trl": {"padding_free": bool(args.trl_padding_free), "sampling": args.trl_sampling, "optim": args.trl_optim,
+                    "bf16": used.name == "bf16",
                     "dataloader_num_workers": args.trl_workers, "torch_compile": bool(args.trl_compile)}}
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}
-    doc.update(machine=machine(), data=stats, settings={k: v for k, v in base.items() if k not in ("train", "valid")},
+    doc.update(machine=machine(auto, used, args.precision), data=stats, settings={k: v for k, v in base.items() if k not in ("train", "valid")},
                limit=args.limit, workdir=str(work))
     methods = ["lora", "full", "generate"] if args.method == "all" else [args.method]
     for m in methods:
@@ -286,7 +305,12 @@ def _r(x: dict) -> str:
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"# tunekit vs TRL {m['trl']} on {m['processor']} ({m['cores']} cores, {m['cpu_capability']})", "",
+    p, a = m["precision"], m["tunekit_auto_precision"]
+    lines = [f"# tunekit vs TRL {m['trl']} on {m['cpu_model']} ({m['cores']} cores, {m['cpu_capability']}, "
+             f"AMX {'yes' if m['amx'] else 'no'}, AVX512-BF16 {'yes' if m['avx512_bf16'] else 'no'})", "",
+             f"Precision of both tools: **{p['name']}** (--precision {p['setting']}"
+             + (f": {p['reason']}; tunekit's own auto decision would be {a['name']}: {a['reason']})." if p["setting"] != "auto"
+                else f", tunekit's decision, which TRL follows: {a['reason']})."), "",
              f"Data: {doc['data']['examples']} training examples, {doc['data']['tokens']} tokens "
              f"({doc['data']['supervised']} supervised) per epoch; {doc['data']['valid_examples']} held-out examples. "
              f"Matmul peak of this machine (2048^3, all cores): {doc['data'].get('peak_gflops')} GFLOP/s; MFU counts the matmul "
@@ -304,10 +328,12 @@ def markdown(doc: dict) -> str:
                          f"{r['supervised_tokens_per_s']} | {r.get('mfu', 0):.1%} | {r['peak_rss_mb']} | {r['heldout_loss']:.4f} | {r['precision']} |")
         q = sec["ratios_tunekit_over_trl"]
         lines += ["", f"tunekit / TRL, median (min-max): tokens/s {_r(q['tokens_per_s'])}, peak RSS {_r(q['peak_rss'])}, "
-                  f"held-out loss {_r(q['heldout_loss'])}" + ("" if sec["same_steps"] else " (WARNING: step counts differ)"), ""]
+                  f"held-out loss {_r(q['heldout_loss'])}" + ("" if sec["same_steps"] else " (WARNING: step counts differ)")
+                  + ("" if sec.get("same_precision", True) else " (WARNING: the tools ran in different precisions)"), ""]
     if "generate" in doc:
         g = doc["generate"]
-        lines += [f"## generation ({g['questions']} questions, batch {g['batch_size']}, max_new_tokens {g['max_new_tokens']})", "",
+        lines += [f"## generation ({g['questions']} questions, batch {g['batch_size']}, max_new_tokens {g['max_new_tokens']}, "
+                  f"{g.get('precision', 'fp32')} weights)", "",
                   "| run | tool | new tokens | s | tokens/s | peak RSS MB |", "|---|---|---|---|---|---|"]
         for r in g["runs"]:
             lines.append(f"| {r['pair']} | {r['tool']} | {r['new_tokens']} | {r['seconds']} | {r['tokens_per_s']} | {r['peak_rss_mb']} |")

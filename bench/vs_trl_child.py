@@ -206,7 +206,9 @@ def generate(spec: dict) -> dict:
     items, _ = load_records(spec["questions"], need_assistant=False)
     prompts = [prompt_ids(tok, it.messages) for it in items[: spec["questions_limit"] or None]]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as greedy_answers batches them
-    model = load_model(spec["model"]).eval()
+    # Both tools generate in the run's precision (vs_trl.py decides it once), with the weights cast
+    # as tunekit's eval stage casts them (hardware.for_inference).
+    model = load_model(spec["model"]).to({"bf16": torch.bfloat16}.get(spec.get("precision"), torch.float32)).eval()
     stop, pad, bs, new = stop_ids(model, tok), tok.pad_token_id, spec["gen_batch_size"], spec["max_new_tokens"]
     outputs: list[list[int]] = [[] for _ in prompts]
     t0 = time.perf_counter()
