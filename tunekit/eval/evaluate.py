@@ -46,6 +46,7 @@ from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import console
 from tunekit.train.checkpoint import tuned_checkpoint
 from tunekit.train.loop import evaluate_loss
+from tunekit.train.metrics import peak_memory_mb
 
 LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "fine-tuned"}
 METRIC_LABELS = {"fact_accuracy": "fact accuracy", "exact_match": "exact match", "token_f1": "token F1",
@@ -166,7 +167,8 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     primary_metric, fact_accuracy {contender} (only when items are labelled with facts), metrics
     {metric: {contender: mean}}, metric_items {metric: items scored}, differences (primary metric)
     and differences_by_metric {metric: {"tuned_minus_<other>": {"diff", "ci95"}}}, forgetting
-    (forgetting.compare; {} when skipped), eval_seconds.
+    (forgetting.compare; {} when skipped), precision {name, device, reason, contenders}, peak_memory
+    (the process's peak RSS, and the GPU allocator's peak on a GPU), eval_seconds.
     """
     start = time.perf_counter()
     set_threads(cfg.train.threads)
@@ -221,6 +223,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
               "perplexity": {c: perplexity(x) for c, x in losses.items()}, **summary, "forgetting": forgot,
               "precision": {"name": precision.name, "device": precision.device.type, "reason": precision.reason,
                             "contenders": {c: precision.name for c in answers}},
+              "peak_memory": peak_memory_mb(precision.device),
               "eval_seconds": round(time.perf_counter() - start, 1)}
     rows = []
     for i, it in enumerate(items):

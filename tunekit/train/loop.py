@@ -37,7 +37,7 @@ from tunekit.train.allocator import return_freed_memory_promptly
 from tunekit.train.compute import cast_frozen, enable_activation_checkpointing
 from tunekit.train.guard import NonFiniteWatch, skip_if_nonfinite
 from tunekit.train.heldout import HeldOut
-from tunekit.train.loss import supervised_loss_sum
+from tunekit.train.loss import supervised_loss_sum, supervised_rows
 from tunekit.train.memory import print_memory_estimate
 from tunekit.train.methods import apply_method
 from tunekit.train.metrics import MetricsLog, peak_memory_mb, read_metrics, require_tensorboard, truncate_metrics
@@ -88,11 +88,14 @@ def make_batch(examples: list[Tokenized], indices: list[int], pad_id: int, pack_
     return collate_packed(examples, indices, pack_to, pad_id) if pack_to else collate(examples, indices, pad_id)
 
 
-def to_device(b: Batch, device: torch.device) -> Batch:
+def to_device(b: Batch, device: torch.device) -> tuple[Batch, tuple[torch.Tensor, ...]]:
+    """The batch on `device`, with its supervised positions (loss.supervised_rows) found on the CPU first."""
+    rows = supervised_rows(b.labels)
     if device.type == "cpu":
-        return b
+        return b, rows
     move = {f.name: getattr(b, f.name) for f in dataclasses.fields(b) if isinstance(getattr(b, f.name), torch.Tensor)}
-    return dataclasses.replace(b, **{k: v.to(device, non_blocking=True) for k, v in move.items()})
+    moved = dataclasses.replace(b, **{k: v.to(device, non_blocking=True) for k, v in move.items()})
+    return moved, tuple(t.to(device, non_blocking=True) for t in rows)
 
 
 def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float,
@@ -107,9 +110,9 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
     n_sup = max(sum(b.supervised for b in batches), 1)
     step_loss = torch.zeros((), device=params[0].device)
     for b in batches:
-        b = to_device(b, params[0].device)
+        b, rows = to_device(b, params[0].device)
         with precision.autocast():
-            loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
+            loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows)
         loss = loss_sum / n_sup
         (scaler.scale(loss) if scaler is not None else loss).backward()
         step_loss += loss_sum.detach().float()
@@ -143,9 +146,9 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for s in range(0, len(order), batch_size):
-        b = to_device(make_batch(examples, order[s : s + batch_size], pad_id, pack_to), device)
+        b, rows = to_device(make_batch(examples, order[s : s + batch_size], pad_id, pack_to), device)
         with precision.autocast():
-            loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
+            loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows)
         total, count = total + loss.float(), count + n  # summed on the device: one sync at the end
     model.train(was_training)
     return float(total) / max(count, 1)

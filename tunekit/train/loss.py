@@ -26,22 +26,33 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return inner.get_decoder(), inner.get_output_embeddings()
 
 
+def supervised_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, position, target id) of every next-token prediction that carries loss.
+
+    Computed where `labels` lives: the loop calls it on the CPU batch before moving it, since a
+    boolean mask applied on a GPU makes the host wait for the device to learn the output's size.
+    """
+    targets = labels[:, 1:]
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    return rows, cols, targets[rows, cols]
+
+
 def supervised_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                        position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                        position_ids: torch.Tensor | None = None,
+                        rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """(sum of token cross-entropies over supervised positions, number of such positions).
 
     `attention_mask` is a (B, T) padding mask, or a packed batch's (B, 1, T, T) bool block
-    mask, which goes with its `position_ids`.
+    mask, which goes with its `position_ids`. `rows`: `supervised_rows(labels)` when already
+    computed (on the device of the other tensors).
     """
     decoder, head = decoder_and_head(model)
     if attention_mask.dim() == 4:
         attention_mask = additive_mask(attention_mask, decoder.get_input_embeddings().weight.dtype, decoder.config)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    h = hidden[:, :-1][keep]
-    y = targets[keep]
+    row, col, y = rows if rows is not None else supervised_rows(labels)
+    h = hidden[row, col]  # the hidden state at each position whose next token is supervised
     if h.shape[0] <= CHUNK:
         return _chunk_loss(head, h, y), int(y.numel())
     # Several chunks: recompute each chunk's logits in backward instead of keeping
