@@ -16,7 +16,9 @@ def doctor_report() -> dict:
 
     hardware.set_threads(None)
     shapes = hardware.model_shapes(None)
-    fast, why, figures = hardware.cpu_bf16(shapes, torch.device("cpu"))
+    # Measured anew (and cached for the runs that follow): a figure cached while another process
+    # held the cores would understate both rates.
+    fast, why, figures = hardware.cpu_bf16(shapes, torch.device("cpu"), use_cache=False)
     cpu = {"model": hardware.cpu_model(), "machine": platform.machine(), "cores": len(os.sched_getaffinity(0)),
            "torch_threads": torch.get_num_threads(), "isa": torch.backends.cpu.get_cpu_capability(),
            "amx": hardware.amx(), "avx512_bf16": "avx512_bf16" in hardware.cpu_flags(), "gflops": figures,
@@ -27,7 +29,7 @@ def doctor_report() -> dict:
         props = torch.cuda.get_device_properties(dev)
         gpus.append({"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
                      "capability": ".".join(map(str, torch.cuda.get_device_capability(dev))),
-                     "bf16_native": hardware.cuda_native_bf16(dev), "gflops": hardware.measure(shapes, dev)})
+                     "bf16_native": hardware.cuda_native_bf16(dev), "gflops": hardware.measure(shapes, dev, use_cache=False)})
     models = [{"name": m["name"], "size_bytes": m.get("size_bytes")} for m in list_models() if m.get("cached")]
     return {"cpu": cpu, "gpus": gpus, "auto": hardware.choose_precision("auto").describe(), "libraries": _versions(),
             "home": str(hardware.tunekit_home()), "models": models}
