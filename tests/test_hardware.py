@@ -132,7 +132,7 @@ def test_doctor_shows_amx_and_the_measured_rates(monkeypatch, capsys, tmp_path):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "AMX yes" in out and "fp32 277 GFLOP/s, bf16 1,835 GFLOP/s" in out and "bf16 is fast" in out
-    assert "bf16 on " in out and "torch " in out and "models    none cached" in out
+    assert "auto picks bf16 on cpu: this CPU has AMX" in out and "torch " in out and "models    none cached" in out
     assert main(["doctor", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["cpu"]["amx"] is True and rep["cpu"]["bf16_fast"] is True and rep["libraries"]["torch"] == torch.__version__

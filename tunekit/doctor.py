@@ -31,7 +31,9 @@ def doctor_report() -> dict:
                      "capability": ".".join(map(str, torch.cuda.get_device_capability(dev))),
                      "bf16_native": hardware.cuda_native_bf16(dev), "gflops": hardware.measure(shapes, dev, use_cache=False)})
     models = [{"name": m["name"], "size_bytes": m.get("size_bytes")} for m in list_models() if m.get("cached")]
-    return {"cpu": cpu, "gpus": gpus, "auto": hardware.choose_precision("auto").describe(), "libraries": _versions(),
+    auto = hardware.choose_precision("auto")
+    return {"cpu": cpu, "gpus": gpus, "libraries": _versions(),
+            "auto": {"name": auto.name, "device": auto.device.type, "reason": auto.reason.removeprefix("auto: ")},
             "home": str(hardware.tunekit_home()), "models": models}
 
 
@@ -49,7 +51,7 @@ def doctor_lines(rep: dict) -> list[str]:
         f"matmul    fp32 {c['gflops']['fp32']:,.0f} GFLOP/s, bf16 {c['gflops']['bf16']:,.0f} GFLOP/s at a 1024-wide "
         f"model's shapes: bf16 {'is' if c['bf16_fast'] else 'is not'} fast on this CPU",
         *gpus,
-        f"auto      {rep['auto']}",
+        f"auto      train.precision=auto picks {rep['auto']['name']} on {rep['auto']['device']}: {rep['auto']['reason']}",
         "versions  " + ", ".join(f"{k} {v}" for k, v in lib.items() if v and k != "cuda"),
         f"home      {rep['home']} (model cache; hardware.json holds the measured matmul rates)",
         f"models    {models}",

@@ -1,6 +1,7 @@
 """What this machine can do, decided in one place: the device every stage runs on, whether
 bf16 multiplies fast here, and the one precision that training, held-out loss, evaluation,
-chat, generate and the plan share (so the eval's answers and chat's answers agree).
+chat, generate and the plan share (so chat and generate answer as the eval did: exactly in
+fp32; in bf16 up to near-ties that a batch of other prompts breaks differently).
 
 Why bf16 is measured, not guessed. `torch.backends.cpu.get_cpu_capability()` names only the
 vector ISA (it stops at "AVX512") and never says AMX; `torch.cpu._is_amx_tile_supported()`
@@ -34,7 +35,7 @@ from tunekit.errors import ConfigError
 # oneDNN (which runs bf16 matmuls on CPUs) caches a primitive per matrix shape, 1,024 by default,
 # and a fine-tuning run's padded batches come in many widths. Measured on the demo's training
 # (bf16, AMD EPYC, one epoch): the default cache grew the resident set steadily to a 3.6 GB peak
-# (fp32: 2.9 GB) in 140-159 s; 128 primitives: 2.7 GB peak in 132 s; 8: 2.6 GB in 143 s. Set here,
+# (fp32: 2.9-3.0 GB) in 140-159 s; 128 primitives: 2.7-2.9 GB in 122-132 s; 8: 2.6 GB in 143 s. Set here,
 # before torch's first bf16 matmul reads it; an explicit setting in the environment wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 
@@ -59,8 +60,7 @@ class Precision:
     """How a stage computes: on `device`, matmuls in `dtype` under autocast (None: plain fp32).
 
     Training keeps fp32 master weights, optimiser state and loss; with `dtype` set the forward
-    runs under autocast, and LoRA kinds keep their frozen base matrices in that dtype
-    (train/compute.py). Generation casts the whole model to `dtype` (see `for_inference`).
+    runs under autocast, and LoRA kinds keep their frozen base in that dtype (train/compute.py). Generation casts the whole model to `dtype` (see `for_inference`).
     `gflops` holds the measured fp32/bf16 matmul rates the decision followed, when measured.
     """
 
@@ -72,10 +72,6 @@ class Precision:
     @property
     def name(self) -> str:
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
-
-    @property
-    def device_type(self) -> str:
-        return self.device.type
 
     @property
     def needs_scaler(self) -> bool:

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 
-from tunekit import atomic
+from tunekit import atomic, hardware
 from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
 from tunekit.data.pack import collate_packed
 from tunekit.data.template import Tokenized
-from tunekit import hardware
 from tunekit.errors import OutOfMemory, TunekitError
 from tunekit.hardware import FP32, Precision
 from tunekit.models.loading import load_model, set_threads
