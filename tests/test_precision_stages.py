@@ -161,3 +161,14 @@ def test_out_of_memory_exits_2_naming_the_estimate_and_what_to_turn_down(tmp_pat
     assert code == 2 and "out of memory" in err and "estimated" in err and "MB for a step" in err
     for knob in ("train.batch_size", "train.gradient_checkpointing", "method.layers", "data.max_length"):
         assert knob in err
+
+
+@pytest.mark.parametrize("method, packing", [("lora", True), ("full", False), ("dora", False)])
+def test_bf16_runs_every_method_and_packing(tmp_path, tiny_model_dir, bf16_fast, method, packing):
+    code, _, runs, _ = cli_on_tiny(tmp_path, tiny_model_dir, "run", method={"kind": method}, data={"packing": packing},
+                                   eval={"contenders": ["tuned"], "forgetting": False})
+    assert code == 0
+    state = json.loads((runs / "tiny" / "train_state.json").read_text())
+    scores = json.loads((runs / "tiny" / "eval" / "scores.json").read_text())
+    assert state["precision"] == "bf16" and scores["precision"]["name"] == "bf16"
+    assert torch.isfinite(torch.tensor([state["valid_loss"], state["final_train_loss"], scores["valid_loss"]["tuned"]])).all()
