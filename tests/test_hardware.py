@@ -119,8 +119,11 @@ def test_for_inference_casts_in_place_to_the_compute_dtype(tiny_model_dir):
 
     model = hardware.for_inference(load_model(tiny_model_dir), hardware.Precision(torch.bfloat16, CPU, "test"))
     assert not model.training and all(p.dtype is torch.bfloat16 for p in model.parameters())
+    assert model.model.rotary_emb.inv_freq.dtype is torch.float32  # buffers keep fp32, as from_pretrained(dtype=bf16) keeps them
     model = hardware.for_inference(load_model(tiny_model_dir), hardware.FP32)
     assert all(p.dtype is torch.float32 for p in model.parameters())
+    model = hardware.for_inference(load_model(tiny_model_dir, "bfloat16"), hardware.FP32)
+    assert all(p.dtype is torch.bfloat16 for p in model.parameters())  # fp32 compute does not upcast bf16 weights
 
 
 def test_doctor_shows_amx_and_the_measured_rates(monkeypatch, capsys, tmp_path):

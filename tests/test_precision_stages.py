@@ -66,6 +66,11 @@ def test_auto_runs_every_stage_in_bf16_and_chat_and_generate_answer_as_the_eval_
         assert got == [r["answers"]["tuned"] for r in rows]
         # --precision fp32 is honoured for chat and generate alike
         assert open_model(str(bf16_run), precision="fp32").precision.name == "fp32"
+        # A finished run keeps the precision it trained in, even where bf16 now measures slow
+        # (a cache measured anew, another thread count): its chat stays its eval's model.
+        monkeypatch.setattr(hardware, "measure", lambda shapes, device, use_cache=True: {"fp32": 100.0, "bf16": 10.0})
+        again = open_model(str(bf16_run))
+        assert again.precision.name == "bf16" and again.precision.reason.startswith("as the run trained (auto: ")
     finally:
         mp.undo()
 
@@ -97,6 +102,17 @@ def test_bf16_chat_switches_adapters_by_reloading_merged_weights(monkeypatch, bf
     assert len({w_base, w_a, w_b}) == 3
     assert [x for x in out.getvalue().splitlines() if x in (w_base, w_a, w_b)] == [w_a, w_base, w_b, w_a]
     assert "bf16 on cpu" in session.header()
+
+    # A load that fails mid-switch: the error is said, the model that answered before answers again.
+    import tunekit.models.tuned as tuned
+
+    real = tuned.load_answering
+    monkeypatch.setattr(tuned, "load_answering", lambda base_dir, adapter, *a: (_ for _ in ()).throw(OSError("disk gone"))
+                        if adapter == b else real(base_dir, adapter, *a))
+    out = io.StringIO()
+    chat_loop(session, lines_of(["/reset", "/adapter beta", USER]), out)
+    assert "error: cannot load" in out.getvalue() and "disk gone" in out.getvalue() and session.active == "tuned"
+    assert w_a in out.getvalue().splitlines()
 
 
 @pytest.fixture(scope="module")

@@ -264,13 +264,20 @@ def _cuda_precision(setting: str, device: torch.device, key: str) -> Precision:
 
 
 def for_inference(model, precision: Precision):
-    """`model` on the precision's device, in its dtype, in eval mode, ready to generate.
+    """`model` on the precision's device, its weights in the precision's dtype, in eval mode.
 
     Generation casts the weights themselves (autocast would recast every weight at every
-    decoding step, which costs more than the step's matmuls). The cast is in place: merge an
-    adapter into fp32 weights before calling this, not after.
+    decoding step, which costs more than the step's matmuls). Only parameters are cast, one at
+    a time as they move (a GPU never holds the fp32 model): buffers such as RoPE's inv_freq
+    keep fp32, as `from_pretrained(dtype=torch.bfloat16)` keeps them and as training had them.
+    In fp32 the weights keep the dtype they were loaded in (`model.dtype: bfloat16` stays
+    bf16). The cast is in place: merge an adapter into fp32 weights before calling this.
     """
-    model.to(device=precision.device, dtype=precision.compute_dtype)
+    for p in model.parameters():
+        want = precision.dtype if precision.dtype is not None and p.is_floating_point() else p.dtype
+        if p.device != precision.device or p.dtype != want:
+            p.data = p.data.to(device=precision.device, dtype=want)
+    model.to(precision.device)  # the buffers
     return model.eval()
 
 

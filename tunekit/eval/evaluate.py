@@ -41,8 +41,9 @@ from tunekit.eval.metrics import (
     states_facts,
     token_f1,
 )
-from tunekit.hardware import Precision, choose_precision, for_inference
+from tunekit.hardware import for_inference
 from tunekit.models.loading import load_model, set_threads
+from tunekit.models.tuned import run_precision
 from tunekit.progress import console
 from tunekit.train.checkpoint import tuned_checkpoint
 from tunekit.train.loop import evaluate_loss
@@ -53,22 +54,15 @@ METRIC_LABELS = {"fact_accuracy": "fact accuracy", "exact_match": "exact match",
                  "rouge_l": "ROUGE-L", "json_valid": "valid JSON", "pattern_match": "pattern match"}
 
 
-def load_tuned(cfg: Config, run_dir: Path, model_path: Path, device) -> torch.nn.Module:
-    """The trained model from the run's best checkpoint (train.keep_best) or its final one on `device`:
-    an adapter merged into the fp32 base for speed (cast it after, never before: see for_inference)."""
+def load_tuned(cfg: Config, run_dir: Path, model_path: Path) -> torch.nn.Module:
+    """The trained model from the run's best checkpoint (train.keep_best) or its final one, on the
+    CPU: an adapter merged into the fp32 base for speed. `for_inference` then moves and casts it."""
     ckpt, _ = tuned_checkpoint(run_dir)
     if (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(model_path, cfg.model.dtype).to(device)
-        return PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
-    return load_model(ckpt, cfg.model.dtype).to(device)
-
-
-def run_precision(cfg: Config, model_path: Path) -> Precision:
-    """The precision a run's every stage computes in: training's decision (train.precision) on this
-    machine, so held-out loss, answers, the forgetting check, chat and generate agree with it."""
-    return choose_precision(cfg.train.precision, model_dir=model_path)
+        return PeftModel.from_pretrained(load_model(model_path, cfg.model.dtype), str(ckpt)).merge_and_unload()
+    return load_model(ckpt, cfg.model.dtype)
 
 
 def _reference_text(extra: dict) -> str | None:
@@ -184,16 +178,19 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     pad, bs, new = tokenizer.pad_token_id, cfg.eval.batch_size, cfg.eval.max_new_tokens
     check_forgetting = cfg.eval.forgetting and "tuned" in cfg.eval.contenders
 
-    precision = run_precision(cfg, model_path)
+    precision = run_precision(run_dir, model_path, cfg.train.precision)
     console.print(f"[bold]precision[/] {precision.describe()}")
     pack_to = cfg.data.max_length if cfg.data.packing else None
     # One model in memory at a time: everything the base model does happens before it is replaced.
-    # In bf16 it is the base as LoRA training keeps it (train/compute.py: cast_frozen), so its
-    # held-out loss is measured as the tuned model's was.
-    model = for_inference(load_model(model_path, cfg.model.dtype), precision)
+    # Its held-out loss is measured as training measured the tuned model's: a full fine-tune's
+    # fp32 weights under autocast; for LoRA, the base cast to the compute dtype (cast_frozen).
+    model = load_model(model_path, cfg.model.dtype)
     answers: dict[str, list[str]] = {}
     losses: dict[str, float] = {}
-    if valid_ex:
+    if valid_ex and cfg.method.kind == "full":
+        losses["base"] = evaluate_loss(model.to(precision.device), valid_ex, pad, bs, pack_to, precision)
+    model = for_inference(model, precision)
+    if valid_ex and "base" not in losses:
         losses["base"] = evaluate_loss(model, valid_ex, pad, bs, pack_to, precision)
     if questions and "base" in cfg.eval.contenders:
         answers["base"] = greedy_answers(model, tokenizer, questions, new, bs, "eval base")
@@ -206,7 +203,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     forgot: dict = {}
     if "tuned" in cfg.eval.contenders:
         del model
-        model = for_inference(load_tuned(cfg, run_dir, model_path, precision.device), precision)
+        model = for_inference(load_tuned(cfg, run_dir, model_path), precision)
         if valid_ex:
             # The train stage already measured these weights on this validation set.
             losses["tuned"] = tuned_checkpoint(run_dir)[1] or evaluate_loss(model, valid_ex, pad, bs, pack_to, precision)

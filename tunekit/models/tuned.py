@@ -249,11 +249,34 @@ def load_target(target: Target, dtype: str = "float32", precision: Precision = F
     return load_answering(target.model, target.adapter, dtype, precision), load_tokenizer(target.tokenizer)
 
 
+def run_precision(run_dir: Path | None, model_dir: Path, setting: str | None = None) -> Precision:
+    """The precision a run's later stages (eval, chat, generate, the curve) compute in.
+
+    What its training resolved to (train_state.json) when this machine has that kind of device:
+    a cache measured anew, or other thread counts, must not move a finished run to another
+    precision. Otherwise (no training yet, or a run moved between a GPU and a CPU) `setting`,
+    by default the run's train.precision, decided on this machine."""
+    import dataclasses
+
+    from tunekit.hardware import choose_precision, pick_device
+
+    state = {}
+    if run_dir is not None and (run_dir / "train_state.json").is_file():
+        state = json.loads((run_dir / "train_state.json").read_text())
+    if state.get("precision") and state.get("device") == pick_device().type:
+        chosen = choose_precision(state["precision"], model_dir=model_dir)
+        return dataclasses.replace(chosen, reason=f"as the run trained ({state.get('precision_reason', state['precision'])})")
+    if setting is None and run_dir is not None:
+        setting = (run_config(run_dir).get("train") or {}).get("precision")
+    return choose_precision(setting or "auto", model_dir=model_dir)
+
+
 def load_answering(model_dir: Path, adapter: Path | None, dtype: str, precision: Precision):
-    """The model that answers: `model_dir`'s weights with `adapter` on them (see load_target)."""
+    """The model that answers: `model_dir`'s weights with `adapter` on them (see load_target).
+    Loaded and merged on the CPU; `for_inference` moves it, cast, to the device."""
     from tunekit.models.loading import load_model
 
-    model = load_model(model_dir, dtype).to(precision.device)
+    model = load_model(model_dir, dtype)
     if adapter is not None:
         from peft import PeftModel
 

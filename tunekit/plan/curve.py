@@ -131,13 +131,14 @@ def _score(cfg: Config, point_dir: Path, model_path: Path, tokenizer, questions:
 
     if not questions:
         return float(tuned_checkpoint(point_dir)[1]), "valid_loss"
-    from tunekit.eval.evaluate import load_tuned, run_precision
+    from tunekit.eval.evaluate import load_tuned
     from tunekit.eval.generate import greedy_answers
     from tunekit.eval.metrics import accuracy, states_facts
     from tunekit.hardware import for_inference
+    from tunekit.models.tuned import run_precision
 
-    precision = run_precision(cfg, model_path)  # the eval stage's: the curve's scores are comparable to its
-    model = for_inference(load_tuned(cfg, point_dir, model_path, precision.device), precision)
+    precision = run_precision(point_dir, model_path, cfg.train.precision)  # as the eval stage decides it
+    model = for_inference(load_tuned(cfg, point_dir, model_path), precision)
     answers = greedy_answers(model, tokenizer, [q.messages for q in questions], cfg.eval.max_new_tokens,
                              cfg.eval.batch_size, f"curve {pct(fraction)}%")
     return accuracy([states_facts(a, q.extra["required"]) for a, q in zip(answers, questions, strict=True)]), "fact_accuracy"

@@ -68,10 +68,21 @@ class ChatSession:
         return self.loaded.precision.dtype is not None
 
     def _reload(self, adapter: Path | None) -> None:
+        """Answer with `adapter` merged (None: the base alone). One model in memory at a time: when
+        the new one cannot be loaded, the one that answered before is loaded again and the error said."""
         from tunekit.models.tuned import load_answering
 
-        self.loaded.model = None  # one model in memory at a time
-        self.loaded.model = load_answering(self.loaded.target.model, adapter, self.loaded.dtype, self.loaded.precision)
+        def load(which: Path | None):
+            return load_answering(self.loaded.target.model, which, self.loaded.dtype, self.loaded.precision)
+
+        before = self.adapters.get(self.active) if self.active else None
+        self.loaded.model = None
+        try:
+            self.loaded.model = load(adapter)
+        except Exception as e:  # noqa: BLE001 (a broken file, PEFT's ValueError, out of memory: the chat goes on)
+            self.loaded.model = load(before)
+            raise ModelError(f"cannot load {adapter or 'the base model'} ({e}); "
+                             f"{before or 'the base model'} answers as before") from None
 
     def _adapter_state(self):
         """The base model alone while adapters are loaded but switched off."""
@@ -147,9 +158,9 @@ class ChatSession:
         elif arg == "off":
             if not self.adapters:
                 raise ModelError("no adapter is loaded, so the base model already answers; load one with /adapter PATH")
-            self.active = None
-            if self._merged:
+            if self._merged and self.active is not None:
                 self._reload(None)
+            self.active = None
             _say(out, "[adapter off: the base model answers]")
         elif arg == "on":
             if self.last is None:

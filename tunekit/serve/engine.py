@@ -22,7 +22,7 @@ import torch
 from tunekit.data.template import prompt_ids
 from tunekit.errors import ConfigError, ModelError
 from tunekit.hardware import Precision, choose_precision
-from tunekit.models.tuned import Target, load_target, resolve_target, run_config
+from tunekit.models.tuned import Target, load_target, resolve_target, run_config, run_precision
 from tunekit.serve.batch import check_sizes
 
 DTYPES = ("float32", "bfloat16")
@@ -86,8 +86,10 @@ def open_model(spec: str, base: str | None = None, runs_dir: str | Path = "runs"
     dtype = dtype or _run_setting(target, "model", "dtype") or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    chosen = choose_precision(precision or _run_setting(target, "train", "precision") or "auto", model_dir=target.model,
-                              key="--precision" if precision else "train.precision")
+    if precision:
+        chosen = choose_precision(precision, model_dir=target.model, key="--precision")
+    else:  # a run answers in the precision it trained (and its eval ran) in
+        chosen = run_precision(target.run_dir, target.model)
     model, tokenizer = load_target(target, dtype, chosen)
     return Loaded(model, tokenizer, target, dtype, chosen)
 
