@@ -79,8 +79,8 @@ class Answer:
 def open_model(spec: str, base: str | None = None, runs_dir: str | Path = "runs", dtype: str | None = None,
                precision: str | None = None) -> Loaded:
     """Resolve and load what `spec` names (see tuned.resolve_target). dtype: by default the run's
-    model.dtype for a run, else float32. precision (auto | fp32 | bf16 | fp16): by default the run's
-    train.precision, else auto; resolved on this machine as the eval stage resolves it, so a run's
+    model.dtype for a run, else float32. precision (auto | fp32 | bf16 | fp16): by default what the
+    eval stage uses (tuned.run_precision: the precision the run trained in), else auto, so a run's
     chat and generate answer as its eval did."""
     target = resolve_target(spec, base=base, runs_dir=runs_dir)
     dtype = dtype or _run_setting(target, "model", "dtype") or "float32"
