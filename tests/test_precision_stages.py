@@ -19,6 +19,7 @@ from tunekit.data.template import tokenize_chat
 from tunekit.hardware import Precision
 from tunekit.models.loading import load_model
 from tunekit.train import loop
+from tunekit.train.compute import cast_frozen
 from tunekit.train.methods import apply_method
 from tunekit.train.optim import make_optimizer, make_scheduler
 
@@ -46,8 +47,8 @@ def test_auto_runs_every_stage_in_bf16_and_chat_and_generate_answer_as_the_eval_
     state = json.loads((bf16_run / "train_state.json").read_text())
     assert state["precision"] == "bf16" and "bf16 400 vs fp32 100 GFLOP/s" in state["precision_reason"]
     scores = json.loads((bf16_run / "eval" / "scores.json").read_text())
-    assert scores["precision"]["name"] == "bf16" and set(scores["precision"]["contenders"].values()) == {"bf16"}
-    assert "evaluation precision on cpu" in (bf16_run / "report.md").read_text()
+    assert scores["precision"]["name"] == "bf16" and "400" in scores["precision"]["reason"]
+    assert "evaluation precision on cpu: bf16 for every contender" in (bf16_run / "report.md").read_text()
     rows = [json.loads(x) for x in (bf16_run / "eval" / "predictions.jsonl").read_text().splitlines()]
 
     mp = offline_env(tmp_path)
@@ -133,9 +134,11 @@ def test_fp16_step_with_a_gradient_scaler_updates_fp32_weights(tiny_model_dir, b
     ref_model, ref_params, ref_opt, ref_sched = _lora(tiny_model_dir)
     fp32 = loop.optimizer_step(ref_model, [batch], ref_params, ref_opt, ref_sched, 1.0)[0]
     model, params, opt, sched = _lora(tiny_model_dir)
+    fp16 = Precision(torch.float16, CPU, "test")
+    assert cast_frozen(model, fp16) > 0  # the frozen base in fp16, as setup_training keeps it
     before = [p.detach().clone() for p in params]
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    loss, norm = loop.optimizer_step(model, [batch], params, opt, sched, 1.0, Precision(torch.float16, CPU, "test"), scaler)
+    loss, norm = loop.optimizer_step(model, [batch], params, opt, sched, 1.0, fp16, scaler)
     assert float(loss) == pytest.approx(float(fp32), rel=0.02) and torch.isfinite(norm)
     assert all(p.dtype is torch.float32 for p in params) and any(not torch.equal(b, p) for b, p in zip(before, params))
     assert scaler.get_scale() == 2.0**8  # no overflow, no skipped step

@@ -313,12 +313,6 @@ def _cmd_data(args) -> int:
     return 0
 
 
-def torch_oom() -> type[BaseException]:
-    import torch
-
-    return torch.OutOfMemoryError
-
-
 def _cmd_doctor(args) -> int:
     from tunekit.doctor import doctor_lines, doctor_report
 
@@ -361,11 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     # forks no workers after tokenising, so the tokenizers fork-safety fallback never bites.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     _quiet_libraries()
+    import torch  # loaded by the libraries just quieted; named here for its OutOfMemoryError
+
     try:
         commands = {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan, "export": _cmd_export, "chat": _cmd_chat,
                     "generate": _cmd_generate, "doctor": _cmd_doctor}
         return commands.get(args.command, _cmd_stage)(args)
-    except torch_oom() as e:  # training names its estimate itself; any other stage ends here
+    except torch.OutOfMemoryError as e:  # training names its estimate itself; any other stage ends here
         if args.debug:
             raise
         from tunekit.hardware import oom_message

@@ -78,10 +78,6 @@ class Precision:
         """fp16's narrow range underflows small gradients unless the loss is scaled."""
         return self.dtype is torch.float16
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.dtype or torch.float32
-
     def autocast(self):
         """A context for forward and loss; backward runs outside it, as torch recommends."""
         if self.dtype is None:
@@ -113,21 +109,22 @@ def amx() -> bool:
         return False
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name, e.g. "Intel(R) Xeon(R) Platinum 8481C" ("" when unknown)."""
+def _cpuinfo(field_name: str) -> str | None:
+    """The first `field_name` line of /proc/cpuinfo (Linux), or None."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field_name):
                 return line.split(":", 1)[1].strip()
-    return platform.processor()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. "Intel(R) Xeon(R) Platinum 8481C" ("" when unknown)."""
+    return _cpuinfo("model name") or platform.processor()
 
 
 def cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cuda_native_bf16(device: torch.device) -> bool:
@@ -168,7 +165,8 @@ def model_shapes(model_dir: str | Path | None) -> list[tuple[int, int, int]]:
     return [(PROBE_ROWS, hidden, hidden), (PROBE_ROWS, hidden, inter), (PROBE_ROWS, inter, hidden)]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timing on a GPU); nothing on a CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -183,12 +181,12 @@ def matmul_gflops(dtype: torch.dtype, shapes: list[tuple[int, int, int]], device
     flops = sum(2 * m * k * n for m, k, n in shapes)
     for x, w in pairs:
         F.linear(x, w)
-    _sync(device)
+    sync(device)
     rounds, start = 0, time.perf_counter()
     while True:
         for x, w in pairs:
             F.linear(x, w)
-        _sync(device)
+        sync(device)
         rounds += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds or rounds >= 1000:

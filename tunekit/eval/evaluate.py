@@ -161,7 +161,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     primary_metric, fact_accuracy {contender} (only when items are labelled with facts), metrics
     {metric: {contender: mean}}, metric_items {metric: items scored}, differences (primary metric)
     and differences_by_metric {metric: {"tuned_minus_<other>": {"diff", "ci95"}}}, forgetting
-    (forgetting.compare; {} when skipped), precision {name, device, reason, contenders}, peak_memory
+    (forgetting.compare; {} when skipped), precision {name, device, reason}, peak_memory
     (the process's peak RSS, and the GPU allocator's peak on a GPU), eval_seconds.
     """
     start = time.perf_counter()
@@ -218,8 +218,8 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     summary = summarise(values, per_item, cfg.seed)
     scores = {"questions": summary.pop("questions"), "valid_examples": len(valid_ex), "valid_loss": losses,
               "perplexity": {c: perplexity(x) for c, x in losses.items()}, **summary, "forgetting": forgot,
-              "precision": {"name": precision.name, "device": precision.device.type, "reason": precision.reason,
-                            "contenders": {c: precision.name for c in answers}},
+              # one precision for every contender: the run's (models.tuned.run_precision)
+              "precision": {"name": precision.name, "device": precision.device.type, "reason": precision.reason},
               "peak_memory": peak_memory_mb(precision.device),
               "eval_seconds": round(time.perf_counter() - start, 1)}
     rows = []

@@ -247,11 +247,10 @@ def _cost_section(train: dict, scores: dict, run_dir: Path) -> list[dict]:
     if train.get("stopped_early"):
         items.append(f"stopped early after step {train.get('steps')} of {train.get('planned_steps')}")
     p = scores.get("precision") or {}
-    if p.get("contenders"):
-        said = ", ".join(f"{_label(c)} {name}" for c, name in p["contenders"].items())
-        how = ("fp32 throughout" if p.get("name") == "fp32" else "answers and the base's held-out loss from weights "
+    if p.get("name"):
+        how = ("fp32 throughout" if p["name"] == "fp32" else "answers and the base's held-out loss from weights "
                "cast to it, an adapter merged in fp32 first; the tuned held-out loss as training measured it")
-        items.append(f"evaluation precision on {p.get('device', 'cpu')}: {said} ({how})")
+        items.append(f"evaluation precision on {p.get('device', 'cpu')}: {p['name']} for every contender ({how})")
     eval_s = scores.get("eval_seconds") or _read_json(run_dir / ".stages" / "eval.json").get("seconds")
     if eval_s is not None:
         items.append(f"evaluation time: {eval_s:,.0f} s")

@@ -11,12 +11,13 @@ adapter_config.json is on this machine, a slice of both embeddings must agree).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunekit.errors import CheckpointError, ModelError
-from tunekit.hardware import FP32, Precision, for_inference
+from tunekit.hardware import FP32, Precision, choose_precision, for_inference, pick_device
 from tunekit.models._log import say
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -256,10 +257,6 @@ def run_precision(run_dir: Path | None, model_dir: Path, setting: str | None = N
     a cache measured anew, or other thread counts, must not move a finished run to another
     precision. Otherwise (no training yet, or a run moved between a GPU and a CPU) `setting`,
     by default the run's train.precision, decided on this machine."""
-    import dataclasses
-
-    from tunekit.hardware import choose_precision, pick_device
-
     state = {}
     if run_dir is not None and (run_dir / "train_state.json").is_file():
         state = json.loads((run_dir / "train_state.json").read_text())

@@ -23,6 +23,7 @@ import torch
 
 from tunekit import atomic
 from tunekit.config import Config
+from tunekit.hardware import sync
 from tunekit.plan.estimate import (
     Costs,
     choose_probe_steps,
@@ -64,7 +65,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
         t = time.perf_counter()
         batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
         optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision, scaler)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t
 
     warm_step = picks[len(picks) // 2]
@@ -152,7 +153,7 @@ def _time_eval(model, valid_ex, pad: int, batch_size: int, pack_to: int | None, 
     subset = [valid_ex[i] for i in by_length[::stride]]
     t = time.perf_counter()
     evaluate_loss(model, subset, pad, batch_size, pack_to, precision)
-    _sync(next(model.parameters()).device)
+    sync(next(model.parameters()).device)
     return (time.perf_counter() - t) * total / _eval_padded(subset, batch_size, pack_to)
 
 
@@ -179,11 +180,6 @@ def _time_plot(steps: int) -> float:
     t = time.perf_counter()
     loss_curve_png([{"step": s, "loss": 1.0, **({"valid_loss": 1.0} if s == steps else {})} for s in range(1, steps + 1)])
     return time.perf_counter() - t
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset_peak(device: torch.device) -> None:
