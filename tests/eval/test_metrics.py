@@ -40,6 +40,34 @@ def test_states_facts(answer, required, ok):
     assert states_facts(answer, required) is ok
 
 
+@pytest.mark.parametrize("answer,key,ok", [
+    ("It costs $299 a month.", "$29", False),  # a longer number is another number
+    ("It costs $29.50.", "$29", False),  # so is a decimal continuation
+    ("It costs $29.", "$29", True),  # a full stop after it is punctuation
+    ("There are 1510 of them.", "151", False),
+    ("There are 1,151 of them.", "151", False),  # a thousands group
+    ("Up to 2,400 runs.", "2,400", True),
+    ("Up to 12,400 runs.", "2,400", False),
+    ("It fell to -4 degrees.", "4", False),  # a minus sign makes another number
+    ("Pages 10-4 are missing.", "4", True),  # a range dash does not
+    ("2 + 2 = 4", "4", True),
+    ("The category is wrong.", "cat", False),  # whole words
+    ("A cat.", "cat", True),
+    ("Error LQ-40312 appeared.", "LQ-4031", False),
+    ("Error LQ-4031 appeared.", "LQ-4031", True),
+    ("Settings > Security > API keys", "settings > security", True),
+])
+def test_fact_keys_match_whole_words_and_numbers(answer, key, ok):
+    assert states_facts(answer, [[key]]) is ok
+
+
+def test_bootstrap_ratio_interval():
+    base = [1.0] * 40 + [0.0] * 10
+    assert paired_bootstrap(base, base, ratio=True) == (1.0, 1.0)
+    lo, hi = paired_bootstrap([1.0] * 20 + [0.0] * 30, base, ratio=True)
+    assert 0.2 < lo < 0.5 < hi < 0.8
+
+
 def test_accuracy():
     assert accuracy([]) == 0.0
     assert accuracy([True, False, True, True]) == 0.75

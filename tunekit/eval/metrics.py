@@ -2,7 +2,8 @@
 
 - fact accuracy (`states_facts`): for every group of accepted surface forms the item lists
   under `required`, at least one form occurs in the answer (case-insensitive, whitespace
-  collapsed).
+  collapsed) as whole words and whole numbers: "$29" is not found in "$299" or "$29.50",
+  "151" not in "1510" or "1,151", "4" not in "-4", "cat" not in "category".
 - exact match, token F1: SQuAD's definitions over normalised text (casefold, punctuation
   and the articles a/an/the removed, whitespace collapsed), against the item's reference.
 - ROUGE-L: F-measure of the longest common subsequence of normalised tokens. Written here
@@ -32,10 +33,38 @@ def _norm(text: str) -> str:
     return _WS.sub(" ", text.casefold()).strip()
 
 
+def _extends_number(text: str, i: int, step: int) -> bool:
+    """The separator at text[i] continues a number ("1.5", "1,500"; a minus sign "-4" before it)."""
+    if not (0 <= i < len(text)) or text[i] not in ".,-\u2212":
+        return False
+    beyond = i + step
+    if text[i] in "-\u2212":  # "-4" negates; "10-4" is a range and leaves "4" whole
+        return step < 0 and not (0 <= beyond < len(text) and text[beyond].isalnum())
+    return 0 <= beyond < len(text) and text[beyond].isdigit()
+
+
+def contains_whole(text: str, part: str) -> bool:
+    """`part` occurs in `text` without being the inside of a longer word or number."""
+    if not part:
+        return False
+    start = text.find(part)
+    while start >= 0:
+        end = start + len(part)
+        before = start - 1
+        ok = not (part[0].isalnum() and before >= 0 and text[before].isalnum())
+        ok = ok and not (part[0].isdigit() and _extends_number(text, before, -1))
+        ok = ok and not (part[-1].isalnum() and end < len(text) and text[end].isalnum())
+        ok = ok and not (part[-1].isdigit() and _extends_number(text, end, 1))
+        if ok:
+            return True
+        start = text.find(part, start + 1)
+    return False
+
+
 def states_facts(answer: str, required: list[list[str]]) -> bool:
-    """True when every required group has one alternative present in `answer`."""
+    """True when every required group has one alternative present in `answer` (`contains_whole`)."""
     a = _norm(answer)
-    return all(any(_norm(alt) in a for alt in group) for group in required)
+    return all(any(contains_whole(a, _norm(alt)) for alt in group) for group in required)
 
 
 def _is_punct(ch: str) -> bool:
@@ -136,13 +165,21 @@ def perplexity(loss: float) -> float:
         return math.inf
 
 
-def paired_bootstrap(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(a) - mean(b) (bools count as 0/1), resampling items in pairs."""
+def paired_bootstrap(a: list[float], b: list[float], n: int = 2000, seed: int = 0,
+                     ratio: bool = False) -> tuple[float, float]:
+    """95% interval of mean(a) - mean(b) (bools count as 0/1), resampling items in pairs; with
+    `ratio`, of mean(a) / mean(b) (resamples where mean(b) is 0 are left out)."""
     import numpy as np
 
     if not a:
         return 0.0, 0.0
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(x), size=(n, len(x)))
+    if ratio:
+        top, bottom = x[picks].mean(axis=1), y[picks].mean(axis=1)
+        stats = top[bottom > 0] / bottom[bottom > 0]
+        if not len(stats):
+            return 0.0, 0.0
+    else:
+        stats = (x - y)[picks].mean(axis=1)
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
