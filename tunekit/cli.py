@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="look at a dataset before training").add_subparsers(dest="data_command", required=True)
     ins = data.add_parser("inspect", help="counts, token lengths, supervised tokens, duplicates, system prompts, warnings")
-    ins.add_argument("path", nargs="?", help="data file or folder (default: the config's data.train)")
+    ins.add_argument("path", nargs="?", help="data file or folder (default: the config's data.train, or each data.mix source)")
     ins.add_argument("--model", help="tokenizer and chat template to measure with (default: the config's, else the default model)")
     ins.add_argument("--config", help="take the model and data settings from this run config")
     ins.add_argument("--format", choices=("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"))
@@ -272,17 +272,18 @@ def _cmd_data(args) -> int:
 
     from tunekit import atomic
     from tunekit.config import load_config
-    from tunekit.data.inspect import inspect_data
-    from tunekit.data.inspect_view import histogram_png, render_text
+    from tunekit.data.inspect import inspect_data, inspect_sources
+    from tunekit.data.inspect_view import histogram_png, render_sources, render_text
     from tunekit.errors import ConfigError
     from tunekit.models import DEFAULT_MODEL, resolve
     from tunekit.models.loading import load_tokenizer
     from tunekit.progress import console
 
     cfg = load_config(args.config) if args.config else None
+    mix = cfg.data.sources() if cfg and cfg.data.mix and not args.path else None
     path = args.path or (cfg.data.train if cfg else None)
-    if not path:
-        raise ConfigError("give the data to inspect: `tunekit data inspect PATH`, or --config with data.train")
+    if not path and not mix:
+        raise ConfigError("give the data to inspect: `tunekit data inspect PATH`, or --config with data.train or data.mix")
     d, t = (cfg.data, cfg.train) if cfg else (None, None)
     model = args.model or (cfg.model.base if cfg else DEFAULT_MODEL)
     tokenizer = load_tokenizer(resolve(model))
@@ -293,23 +294,36 @@ def _cmd_data(args) -> int:
             last[0] = time.time()
             console.print(f"inspect: {n:,} records read")
 
-    report = inspect_data(
-        path, tokenizer, fmt=args.format or (d.format if d else "auto"), columns=d.columns if d else None,
+    settings = dict(
         train_on=args.train_on or (d.train_on if d else "all_assistant"),
         max_length=args.max_length if args.max_length is not None else (d.max_length if d else 512),
         near_dup_threshold=d.near_dup_threshold if d else 0.85,
         epochs=args.epochs if args.epochs is not None else (t.epochs if t else 1.0), seed=cfg.seed if cfg else 0,
         on_progress=progress)
-    report["model"] = model
-    out = _inspect_out(Path(path), args.out)
+    if mix:  # one report per source, beside the config (the sources may live in different folders)
+        report = inspect_sources(mix, tokenizer, fmt=args.format, **settings)
+        out = _inspect_out(Path(args.config), args.out)
+        pngs = [out / f"token_lengths.{i}.png" for i in range(len(mix))]
+        for r, png in zip(report["sources"], pngs):
+            r["model"] = model
+            histogram_png(r, png)
+        report["model"] = model
+        text = render_sources(report)
+    else:
+        report = inspect_data(path, tokenizer, fmt=args.format or (d.format if d else "auto"),
+                              columns=d.columns if d else None, **settings)
+        report["model"] = model
+        out = _inspect_out(Path(path), args.out)
+        pngs = [out / "token_lengths.png"]
+        histogram_png(report, pngs[0])
+        text = render_text(report)
     atomic.write_json(out / "inspect.json", report)
-    histogram_png(report, out / "token_lengths.png")
-    wrote = f"wrote {out / 'inspect.json'} and {out / 'token_lengths.png'}"
+    wrote = f"wrote {out / 'inspect.json'} and {', '.join(map(str, pngs))}"
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         print(wrote, file=sys.stderr)
     else:
-        print(render_text(report) + "\n" + wrote)
+        print(text + "\n" + wrote)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,17 +31,63 @@ class ModelConfig(_Section):
 
 COLUMN_KEYS = ("messages", "conversations", "role", "content", "prompt", "completion",
                "instruction", "input", "output", "system", "text")
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"]
+
+
+def _check_columns(v: dict[str, str]) -> dict[str, str]:
+    for k in v:
+        if k not in COLUMN_KEYS:
+            close = difflib.get_close_matches(k, COLUMN_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown standard field '{k}'{hint}; map one of {', '.join(COLUMN_KEYS)} to your column name")
+    return v
+
+
+class Source(NamedTuple):
+    """One training source as prepare reads it: data.train, or one entry of data.mix."""
+
+    path: str
+    weight: float
+    format: str
+    columns: dict[str, str]
+
+
+class MixSource(_Section):
+    path: str
+    """A file or folder, read like data.train."""
+    weight: float = Field(gt=0, allow_inf_nan=False)
+    """Relative share of training rows; only the ratios between sources matter."""
+    format: DataFormat = "auto"
+    columns: dict[str, str] = {}
+
+    _columns = field_validator("columns")(_check_columns)
 
 
 class DataConfig(_Section):
-    train: str
+    """Where training data comes from and how prepare cleans, splits and mixes it.
+
+    Give exactly one of `train` (one file or folder) and `mix` (two or more sources with
+    weights). With a mix, every source is read, validated, cleaned and deduplicated (across
+    sources too: the earlier source keeps a record both hold) like one file, and
+    `max_reject_fraction` applies to each source on its own. The train/valid split is made
+    over all kept records. The first source is the anchor: each of its training rows is
+    used once. Source i then gets round(anchor_train_rows * weight_i / weight_anchor)
+    training rows: a seeded subsample without replacement when it has more, every row plus
+    seeded repeats when it has fewer. Its validation rows are kept at the same ratio
+    (subsampled, never repeated), so a large general set does not swamp valid.jsonl.
+    train.jsonl interleaves the sources evenly, so any prefix of it holds the mix.
+    """
+
+    train: str | None = None
     """Training data: a file (JSONL, JSON, CSV, Parquet, .txt/.md) or a folder (.txt/.md files, or `save_to_disk`)."""
+    mix: list[MixSource] | None = None
+    """Instead of train: sources [{path, weight, format, columns}], the first the anchor (see above)."""
     eval: str | None = None
     """Held-out questions for generation metrics (optional)."""
-    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"] = "auto"
-    """Record format; "auto" detects it from the fields of the records."""
+    format: DataFormat = "auto"
+    """Record format of data.train; "auto" detects it from the fields of the records."""
     columns: dict[str, str] = {}
-    """Your column name for a standard field, e.g. {prompt: question, completion: answer}."""
+    """Your column name for a standard field in data.train, e.g. {prompt: question, completion: answer}."""
     valid_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     max_length: int = Field(512, gt=8)
     over_length: Literal["drop", "truncate_history"] = "drop"
@@ -61,21 +107,35 @@ class DataConfig(_Section):
     max_reject_fraction: float = Field(0.10, ge=0.0, le=1.0)
     """Stop before training when more than this share of records is rejected."""
 
-    @field_validator("columns")
-    @classmethod
-    def _column_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if k not in COLUMN_KEYS:
-                close = difflib.get_close_matches(k, COLUMN_KEYS, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"unknown standard field '{k}'{hint}; map one of {', '.join(COLUMN_KEYS)} to your column name")
-        return v
+    _columns = field_validator("columns")(_check_columns)
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "DataConfig":
         if self.chunk_overlap >= self.max_length // 2:
             raise ValueError(f"data.chunk_overlap ({self.chunk_overlap}) must be below half of data.max_length ({self.max_length})")
         return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self) -> "DataConfig":
+        if self.train is None and self.mix is None:
+            raise ValueError("data.train or data.mix is required: set data.train (one file) or data.mix (several sources with weights)")
+        if self.train is not None and self.mix is not None:
+            raise ValueError("data.train and data.mix are both set; keep data.train for one file, "
+                             "or move it into data.mix as the first source (the anchor) with a weight")
+        if self.mix is not None and len(self.mix) < 2:
+            raise ValueError(f"data.mix has {len(self.mix)} source(s); a mix needs at least 2. "
+                             "For one file set data.train instead")
+        if self.mix is not None and (self.format != "auto" or self.columns):
+            # Silently ignoring them would read a source with the wrong mapping.
+            raise ValueError("data.format and data.columns apply to data.train only; "
+                             "with data.mix set format and columns on each source")
+        return self
+
+    def sources(self) -> list[Source]:
+        """The training sources in order, the anchor first; data.train is one source of weight 1."""
+        if self.mix is None:
+            return [Source(self.train, 1.0, self.format, self.columns)]
+        return [Source(m.path, m.weight, m.format, m.columns) for m in self.mix]
 
 
 class MethodConfig(_Section):
@@ -106,6 +166,18 @@ class MethodConfig(_Section):
         if not re.fullmatch(r"last:\d+|\d+-\d+", v.strip()):
             raise ValueError('must be "last:K" or a range "A-B", e.g. "last:12" or "10-29"')
         return v.strip()
+
+
+class ReplayConfig(_Section):
+    fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Share of each epoch's training examples that are general conversations, so the model keeps
+    answering ordinary questions (0: off). Without `file`, they are the base model's own answers to
+    bundled general prompts, generated once per base model and cached (tunekit/train/replay.py)."""
+    file: str | None = None
+    """Your own general chat data (any training format) to replay instead of the base model's answers."""
+    kl: float = Field(0.0, ge=0.0)
+    """Weight of a KL term pulling the tuned model's next-token distribution on replay answers toward
+    the base model's (the same model with its adapters disabled: LoRA kinds only); 0: plain replay."""
 
 
 class TrainConfig(_Section):
@@ -139,6 +211,7 @@ class TrainConfig(_Section):
     """Return freed activation memory to the system at once (glibc): LoRA on SmolLM2, all blocks,
     peak RSS 2.8 GB instead of 4.2 GB, but ~20% slower on a CPU. See tunekit/train/allocator.py."""
     threads: int | None = Field(None, gt=0)
+    replay: ReplayConfig = ReplayConfig()
 
 
 class EvalConfig(_Section):
@@ -147,10 +220,13 @@ class EvalConfig(_Section):
     batch_size: int = Field(32, gt=0)
     max_questions: int | None = Field(None, gt=0)
     contenders: list[Literal["base", "few_shot", "tuned"]] = ["base", "few_shot", "tuned"]
-    # Forgetting: perplexity on bundled general English and answers to general questions,
-    # base vs tuned; flagged when the tuned perplexity rises by more than this fraction.
     forgetting: bool = True
-    forgetting_threshold: float = Field(0.10, gt=0)
+    """The forgetting check: base and tuned answer 178 bundled general questions (scored as held-out
+    facts are) and score general English prose (perplexity, a second signal)."""
+    forgetting_threshold: float = Field(0.10, gt=0, lt=1)
+    """Flag forgetting when, with 95% confidence, the tuned model kept less than 1 - this share of the
+    base model's general score (the whole paired-bootstrap interval below it); a perplexity rise
+    beyond it is noted."""
 
 
 class ExportConfig(_Section):
@@ -182,6 +258,9 @@ class Config(_Section):
             raise ValueError("method.parameters applies to kind full; LoRA methods choose modules with method.target_modules")
         if self.method.parameters and self.method.layers:
             raise ValueError("method.parameters and method.layers both choose what trains; set one of them")
+        if self.train.replay.kl and self.method.kind == "full":
+            raise ValueError("train.replay.kl compares with the base model through disabled adapters, which kind full "
+                             "does not have; use a LoRA method or set train.replay.kl: 0")
         if self.train.early_stopping_patience and not self.train.eval_every:
             raise ValueError("train.early_stopping_patience needs train.eval_every > 0 (how often to measure the held-out loss)")
         return self
@@ -190,12 +269,21 @@ class Config(_Section):
 def _valid_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     """Field names at `path` inside `model` (for 'did you mean')."""
     for part in path:
+        if part.isdigit():  # an item of a list of sections (data.mix.0)
+            continue
         field = model.model_fields.get(part)
-        ann = getattr(field, "annotation", None) if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        ann = _section_in(getattr(field, "annotation", None)) if field else None
+        if ann is None:
             return []
         model = ann
     return list(model.model_fields)
+
+
+def _section_in(ann: Any) -> type[BaseModel] | None:
+    """The section class inside an annotation: Section, list[Section], Section | None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next((m for m in map(_section_in, get_args(ann)) if m is not None), None)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -265,9 +353,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Pa
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
     if base_dir is not None:
-        cfg.data.train = _resolve_path(cfg.data.train, base_dir)
+        if cfg.data.train is not None:
+            cfg.data.train = _resolve_path(cfg.data.train, base_dir)
+        for m in cfg.data.mix or []:
+            m.path = _resolve_path(m.path, base_dir)
         if cfg.data.eval:
             cfg.data.eval = _resolve_path(cfg.data.eval, base_dir)
+        if cfg.train.replay.file:
+            cfg.train.replay.file = _resolve_path(cfg.train.replay.file, base_dir)
     return cfg
 
 

@@ -117,6 +117,11 @@ def _prepare(cfg: Config, run_dir: Path, **_) -> dict:
     report = prepare(cfg, run_dir / "data", load_tokenizer(_resolve_model(cfg)))
     console.print(f"kept {report['kept']} of {report['lines_read']} records (train {report['train']}, valid {report['valid']}); "
                   f"rejected {report['rejected']}: {report['rejects_by_reason']}")
+    if len(report["sources"]) > 1:
+        for s in report["sources"]:
+            console.print(f"  {s['path']} (weight {s['weight']:g}): kept {s['kept']} of {s['lines_read']}, "
+                          f"train {s['train']} ({s['share']:.0%}, repeated {s['repeated']}, unused {s['unused']}), "
+                          f"valid {s['valid']}, rejected {s['rejected']}")
     for note in report["notes"]:
         console.print(f"[yellow]note[/] {note}")
     return report

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from tunekit.config import Source
 from tunekit.data import dedup
 from tunekit.data.documents import special_ids
 from tunekit.data.formats import SIGNATURES
@@ -128,6 +129,19 @@ def inspect_data(path: str | Path, tokenizer, *, fmt: str = "auto", columns: dic
     report = _report(scan, settings, formats, notes, near_dup_threshold)
     model = str(getattr(tokenizer, "name_or_path", ""))
     return {"source": str(root), "model": model, "warnings": _warnings(report), **report}
+
+
+def inspect_sources(sources: list[Source], tokenizer, *, fmt: str | None = None, **settings) -> dict:
+    """`inspect_data` on every data.mix source, each with its own format and columns (`fmt`
+    overrides them all); the reports in config order under "sources", each with its path and weight.
+
+    Each source is measured on its own: how many rows it gives training depends on the split
+    and the anchor's size, which prepare decides (data_report.json "sources").
+    """
+    total = sum(s.weight for s in sources)
+    reports = [{"path": s.path, "weight": s.weight, "weight_share": round(s.weight / total, 4),
+                **inspect_data(s.path, tokenizer, fmt=fmt or s.format, columns=s.columns, **settings)} for s in sources]
+    return {"source": "data.mix", "model": reports[0]["model"], "sources": reports}
 
 
 def _reject(scan: _Scan, r: Reject) -> None:

@@ -65,6 +65,19 @@ def render_text(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_sources(report: dict) -> str:
+    """A data.mix: one line per source (a table), then each source's full summary."""
+    out = [f"data.mix: {len(report['sources'])} sources (model {report['model']}); the first is the anchor", "",
+           f"{'source':<40}{'weight':>8}{'share':>7}{'read':>9}{'valid':>9}{'distinct':>9}{'rejected':>9}{'tokens/epoch':>14}"]
+    for r in report["sources"]:
+        rec = r["records"]
+        name = r["path"] if len(r["path"]) <= 39 else "..." + r["path"][-36:]  # the file name is the telling end
+        out.append(f"{name:<40}{r['weight']:>8g}{r['weight_share']:>7.0%}{rec['read']:>9,}{rec['valid']:>9,}"
+                   f"{rec['distinct']:>9,}{rec['rejected']:>9,}{r['per_epoch']['tokens']:>14,}")
+    out.append("(share: of training rows, by weight; prepare reports the rows each source gave after the split)")
+    return "\n".join(out) + "\n\n" + "\n".join(render_text(r) for r in report["sources"])
+
+
 def histogram_png(data: dict | Sequence[int], out_path: str | Path, max_length: int = 0) -> Path:
     """Histogram of rendered example lengths, from a report (or its histogram) or from raw
     lengths; a dashed line at max_length; log-scaled counts when a few bins dwarf the rest."""

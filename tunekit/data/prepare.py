@@ -9,6 +9,15 @@ It streams: pass 1 reads, validates, cleans, drops exact duplicates, measures to
 computes MinHash signatures batch by batch, spooling kept records to disk; only small
 per-record facts (line, tokens, signature) stay in memory. Pass 2 finds near duplicates
 and similarity groups on the signatures, splits, and copies the spool to train/valid.
+
+Mixing (`data.mix`, see DataConfig): pass 1 reads every source in turn, the anchor first,
+so deduplication runs across sources and the earlier source keeps a record two of them
+hold; `data.max_reject_fraction` is checked per source and the error names the file. The
+split is made over all kept records; then tunekit/data/mix.py picks each source's train
+rows (the anchor's all once, the others subsampled or repeated to their weight) and valid
+rows (at the same ratio, never repeated), and train.jsonl interleaves the sources evenly.
+data_report.json lists every source's counts under "sources". data.train is a mix of one
+source, read and written exactly as before.
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from tunekit import atomic
-from tunekit.config import Config
-from tunekit.data import dedup
+from tunekit.config import Config, Source
+from tunekit.data import dedup, mix
 from tunekit.data.documents import chunk_document, tokenize_text
 from tunekit.data.records import DUPLICATE_REASONS, Cleaner, Record, Reject, iter_records, load_records
 from tunekit.data.split import split_groups
@@ -43,6 +52,11 @@ class Kept:
 
     lines: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    """The file each unit came from (a folder source holds many)."""
+    src: list[int] = field(default_factory=list)
+    """Index of the configured source (data.mix entry) each unit came from."""
+    rows: list[int] = field(default_factory=list)
+    """Rows each unit spooled (a document's chunks; 1 for a conversation)."""
     sigs: list[np.ndarray] = field(default_factory=list)
     row_tokens: list[int] = field(default_factory=list)
 
@@ -52,6 +66,8 @@ class _Pass1:
         self.cfg, self.tok, self.spool, self.rejects = cfg, tokenizer, spool, rejects
         self.kept = Kept()
         self.reasons: Counter = Counter()
+        self.src = -1
+        self.src_reasons: list[Counter] = []
         self.actions: Counter = Counter()
         self.first: dict[str, tuple[str, int]] = {}
         self.dups: list[tuple[Reject, tuple[str, int]]] = []
@@ -59,8 +75,17 @@ class _Pass1:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.inflight = None
 
+    def start_source(self) -> None:
+        """Count what follows against the next configured source."""
+        self.src += 1
+        self.src_reasons.append(Counter())
+
+    def count(self, reason: str, src: int | None = None) -> None:
+        self.reasons[reason] += 1
+        self.src_reasons[self.src if src is None else src][reason] += 1
+
     def reject(self, r: Reject) -> None:
-        self.reasons[r.reason] += 1
+        self.count(r.reason)
         self.rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
 
     def add(self, rec: Record, pending: list[Record]) -> None:
@@ -70,7 +95,7 @@ class _Pass1:
                 src, line = self.first[h]
                 where = f"line {line}" if src == rec.source else f"{src} line {line}"
                 dup = Reject(rec.line, rec.source, "exact_duplicate", f"same as {where} after normalising case and spaces", rec.row())
-                self.reasons["exact_duplicate"] += 1
+                self.count("exact_duplicate")
                 self.dups.append((dup, (src, line)))  # written in pass 2, when we know if the original stayed
                 return
             self.first[h] = (rec.source, rec.line)
@@ -119,6 +144,8 @@ class _Pass1:
             u = len(self.kept.lines)
             self.kept.lines.append(rec.line)
             self.kept.sources.append(rec.source)
+            self.kept.src.append(self.src)
+            self.kept.rows.append(len(rows))
             self.kept.row_tokens.extend(lengths)
             for row in rows:
                 self.spool.write(json.dumps({"u": u, "row": row}, ensure_ascii=False) + "\n")
@@ -157,26 +184,13 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
     data_dir.mkdir(parents=True, exist_ok=True)
     clean = Cleaner(tuple(cfg.data.mask_pii))
     notes: list[str] = []
-    formats: Counter = Counter()
+    sources = cfg.data.sources()
     spool_path = data_dir / ".spool.jsonl"
     p1 = None
     try:
         with atomic.open_write(data_dir / "rejects.jsonl") as rej, open(spool_path, "w", encoding="utf-8") as spool:
             p1 = _Pass1(cfg, tokenizer, spool, rej)
-            total, pending = 0, []
-            for item in iter_records(cfg.data.train, cfg.data.format, cfg.data.columns, clean, notes, formats):
-                total += 1
-                if isinstance(item, Reject):
-                    p1.reject(item)
-                    continue
-                p1.add(item, pending)
-                if len(pending) >= BATCH:
-                    p1.flush(pending)
-                    pending = []
-            p1.flush(pending)
-            p1.finish()
-            if total == 0:
-                raise DataError(f"{cfg.data.train} contains no records")
+            read = [_read_source(p1, s, clean, notes) for s in sources]
             spool.close()
             report = _pass2(cfg, data_dir, p1, spool_path)
     finally:
@@ -184,12 +198,14 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
         if p1 is not None:
             p1.pool.shutdown(cancel_futures=True)
 
+    formats = sum((r["formats"] for r in read), Counter())
+    per_source = _source_reports(sources, read, p1, report.pop("mix"), report.pop("kept_by_source"))
     invalid = sum(n for r, n in p1.reasons.items() if r not in DUPLICATE_REASONS)
     report = {
-        "source": cfg.data.train,
+        "source": ", ".join(s.path for s in sources),
         "formats": dict(formats.most_common()),
         "notes": notes,
-        "lines_read": total,
+        "lines_read": sum(r["lines_read"] for r in read),
         "kept": report.pop("kept"),
         **report,
         "rejected": sum(p1.reasons.values()),
@@ -198,28 +214,77 @@ def prepare(cfg: Config, data_dir: str | Path, tokenizer) -> dict:
         "cleaning": dict(sorted((clean.counts + p1.actions).items())),
         "tokens": {"per_row": percentiles(p1.kept.row_tokens), "total": int(sum(p1.kept.row_tokens)),
                    "histogram": length_histogram(p1.kept.row_tokens, cfg.data.max_length)},  # drawn by the report
+        "sources": per_source,
     }
     if p1.documents:
         report["documents"] = {"documents": p1.documents, "chunks": p1.chunks, "overlap_tokens": cfg.data.chunk_overlap}
-    if len([f for f in formats if f != "unreadable"]) > 1:
-        notes.append(f"mixed formats in one dataset: {dict(formats)}; is that intended?")
+    for s, r in zip(sources, read):
+        if len([f for f in r["formats"] if f != "unreadable"]) > 1:  # different formats across sources are expected
+            where = "one dataset" if len(sources) == 1 else s.path
+            notes.append(f"mixed formats in {where}: {dict(r['formats'])}; is that intended?")
     if cfg.data.eval:
         report["eval"] = _prepare_eval(cfg, data_dir)
     atomic.write_json(data_dir / "data_report.json", report)
-
-    # Duplicates are expected housekeeping; malformed or unusable records mean the data
-    # is not what the user thinks it is.
-    share = invalid / total
-    if share > cfg.data.max_reject_fraction:
-        raise DataError(
-            f"{invalid} of {total} records ({share:.0%}) in {cfg.data.train} were rejected as invalid, "
-            f"more than data.max_reject_fraction={cfg.data.max_reject_fraction:.0%}. "
-            f"Reasons: {dict(p1.reasons)}. See {data_dir / 'rejects.jsonl'} for each line and why; "
-            "fix the data or raise data.max_reject_fraction."
-        )
-    if not report["train"]:
-        raise DataError(f"no training records left after preparation of {cfg.data.train}; see {data_dir / 'rejects.jsonl'}")
+    _check(cfg, data_dir, per_source, p1)
     return report
+
+
+def _read_source(p1: _Pass1, source: Source, clean: Cleaner, notes: list[str]) -> dict:
+    """Pass 1 over one configured source; its lines read and rows per format."""
+    p1.start_source()
+    formats: Counter = Counter()
+    total, pending = 0, []
+    for item in iter_records(source.path, source.format, source.columns, clean, notes, formats):
+        total += 1
+        if isinstance(item, Reject):
+            p1.reject(item)
+            continue
+        p1.add(item, pending)
+        if len(pending) >= BATCH:
+            p1.flush(pending)
+            pending = []
+    p1.flush(pending)
+    p1.finish()  # this source's over-long rejects are counted before the next source starts
+    if total == 0:
+        raise DataError(f"{source.path} contains no records")
+    return {"lines_read": total, "formats": formats}
+
+
+def _source_reports(sources: list[Source], read: list[dict], p1: _Pass1, plan: list[dict], alive: list[int]) -> list[dict]:
+    """One entry per configured source: what was read, kept and rejected, and what the mix took."""
+    out = []
+    for i, (s, r, m) in enumerate(zip(sources, read, plan)):
+        reasons = p1.src_reasons[i]
+        out.append({
+            "path": s.path, "weight": s.weight, "anchor": i == 0, "format": s.format,
+            "formats": dict(r["formats"].most_common()), "lines_read": r["lines_read"], "kept": alive[i],
+            "rejected": sum(reasons.values()),
+            "rejected_invalid": sum(n for k, n in reasons.items() if k not in DUPLICATE_REASONS),
+            "rejects_by_reason": dict(sorted(reasons.items())), **m,
+        })
+    return out
+
+
+def _check(cfg: Config, data_dir: Path, per_source: list[dict], p1: _Pass1) -> None:
+    """Stop before training on data that is not what the user thinks it is (after the report is written)."""
+    # Duplicates are expected housekeeping; malformed or unusable records mean the data
+    # is not what the user thinks it is. Per source: a bad small source hides in a big total.
+    for i, s in enumerate(per_source):
+        invalid, total = s["rejected_invalid"], s["lines_read"]
+        share = invalid / total
+        if share > cfg.data.max_reject_fraction:
+            raise DataError(
+                f"{invalid} of {total} records ({share:.0%}) in {s['path']} were rejected as invalid, "
+                f"more than data.max_reject_fraction={cfg.data.max_reject_fraction:.0%}. "
+                f"Reasons: {dict(p1.src_reasons[i])}. See {data_dir / 'rejects.jsonl'} for each line and why; "
+                "fix the data or raise data.max_reject_fraction."
+            )
+    for s in per_source:
+        if not s["train"] - s["repeated"] + s["unused"]:
+            raise DataError(f"no training records left after preparation of {s['path']}; see {data_dir / 'rejects.jsonl'}")
+        if not s["train"]:
+            raise DataError(f"data.mix source {s['path']} gets no training rows at weight {s['weight']:g} "
+                            f"(round(anchor rows x weight / anchor weight) is 0); raise its weight or remove it")
 
 
 def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
@@ -233,10 +298,10 @@ def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
     for i, (j, sim) in sorted(near.items()):
         alive[i] = False
         gone[(kept.sources[i], kept.lines[i])] = kept.lines[j]
-        detail = f"near duplicate of line {kept.lines[j]} (estimated Jaccard {sim:.2f} >= data.near_dup_threshold {cfg.data.near_dup_threshold})"
+        of = f"line {kept.lines[j]}" if kept.sources[j] == kept.sources[i] else f"{kept.sources[j]} line {kept.lines[j]}"
+        detail = f"near duplicate of {of} (estimated Jaccard {sim:.2f} >= data.near_dup_threshold {cfg.data.near_dup_threshold})"
         near_rejects[i] = Reject(kept.lines[i], kept.sources[i], "near_duplicate", detail, None)
-    if near_rejects:
-        p1.reasons["near_duplicate"] += len(near_rejects)
+        p1.count("near_duplicate", kept.src[i])
     for dup, original in p1.dups:
         if original in gone:
             dup.detail += f" (itself a near duplicate of line {gone[original]}, which is kept)"
@@ -249,27 +314,46 @@ def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
     valid = np.zeros(n, dtype=bool)
     valid[idx] = valid_sub
 
-    counts = {"train": 0, "valid": 0}
-    with atomic.open_write(data_dir / "train.jsonl") as tr, atomic.open_write(data_dir / "valid.jsonl") as va, \
-            open(spool_path, encoding="utf-8") as spool:
-        for line in spool:
-            item = json.loads(line)
-            u = item["u"]
-            if u in near_rejects:  # rejects.jsonl keeps the record itself, read back from the spool
-                near_rejects[u].raw = item["row"]
-                continue
-            side = "valid" if valid[u] else "train"
-            (va if valid[u] else tr).write(json.dumps(item["row"], ensure_ascii=False) + "\n")
-            counts[side] += 1
+    # Rows, not units: a document's chunks are rows of their own in train.jsonl.
+    unit = np.repeat(np.arange(n), kept.rows)
+    src = np.asarray(kept.src, dtype=np.int64)[unit]
+    on_train, on_valid = alive[unit] & ~valid[unit], alive[unit] & valid[unit]
+    weights = [s.weight for s in cfg.data.sources()]
+    plan = mix.plan([np.flatnonzero(on_train & (src == i)) for i in range(len(weights))],
+                    [np.flatnonzero(on_valid & (src == i)) for i in range(len(weights))], weights, cfg.seed)
+    _write_rows(data_dir, spool_path, unit, near_rejects, plan)
     for r in near_rejects.values():
         p1.rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
     return {
         "kept": int(alive.sum()),
-        "train": counts["train"],
-        "valid": counts["valid"],
+        "train": len(plan.train),
+        "valid": len(plan.valid),
         "dedup": {"exact_duplicates": len(p1.dups), "near_duplicates": len(near_rejects), "near_dup_threshold": cfg.data.near_dup_threshold},
         "split": {"similarity": cfg.data.split_similarity, **split_stats},
+        "mix": plan.per_source,
+        "kept_by_source": np.bincount(np.asarray(kept.src, dtype=np.int64)[alive], minlength=len(weights)).tolist(),
     }
+
+
+def _write_rows(data_dir: Path, spool_path: Path, unit: np.ndarray, near_rejects: dict[int, Reject], plan: mix.MixPlan) -> None:
+    """valid.jsonl in one sequential read of the spool; train.jsonl in the mix's order, by seeking."""
+    offsets = np.zeros(len(unit), dtype=np.int64)
+    keep_valid = np.zeros(len(unit), dtype=bool)
+    keep_valid[plan.valid] = True
+    with atomic.open_write(data_dir / "train.jsonl") as tr, atomic.open_write(data_dir / "valid.jsonl") as va, \
+            open(spool_path, "rb") as spool:
+        pos = 0
+        for r, line in enumerate(spool):
+            offsets[r], pos = pos, pos + len(line)
+            u = int(unit[r])
+            if u in near_rejects:  # rejects.jsonl keeps the record itself, read back from the spool
+                near_rejects[u].raw = json.loads(line)["row"]
+            elif keep_valid[r]:
+                va.write(json.dumps(json.loads(line)["row"], ensure_ascii=False) + "\n")
+        # Without mixing the order is ascending, so these seeks mostly land in the read buffer.
+        for r in plan.train.tolist():
+            spool.seek(offsets[r])
+            tr.write(json.dumps(json.loads(spool.readline())["row"], ensure_ascii=False) + "\n")
 
 
 def _prepare_eval(cfg: Config, data_dir: Path) -> dict:
