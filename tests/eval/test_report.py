@@ -91,6 +91,28 @@ def test_headline_in_the_primary_metric_with_a_forgetting_warning():
     assert "- fine-tuned: 80.0% fact accuracy" in headline(_scores(0.8, 0.1, 0.3, [0.3, 0.7]))
 
 
+def test_the_verdict_says_what_was_kept_and_the_report_plots_the_trade_off(tmp_path):
+    from tunekit.eval.forgetting import compare, load_questions
+    from tunekit.eval.report import _tradeoff
+
+    n = len(load_questions())
+    probe = lambda right, ppl: {"perplexity": ppl, "text_tokens": 2500, "answers": ["x"] * n,  # noqa: E731
+                                "correct": [1.0 if i < right else 0.0 for i in range(n)]}
+    s = _scores(0.8, 0.1, 0.3, [0.3, 0.7])
+    s["forgetting"] = compare(probe(100, 17.0), probe(96, 17.5), 0.10)
+    lines = headline(s)
+    assert lines[0].startswith(verdict(s) + " It kept 96% of the base model's general score (95% CI ")
+    assert not any(line.startswith("- warning, forgetting") for line in lines)
+    [fig] = _tradeoff(s)
+    assert fig["kind"] == "img" and fig["png"].startswith(b"\x89PNG") and "few-shot uses the base model's weights" in fig["caption"]
+    s["forgetting"] = compare(probe(100, 17.0), probe(40, 60.0), 0.10)
+    lines = headline(s)
+    assert lines[0].endswith("FORGETTING FLAGGED.") and any(x.startswith("- warning, forgetting: it kept 40%") for x in lines)
+    assert any(x.startswith("- note, forgetting: general-text perplexity rose") for x in lines)
+    del s["forgetting"]["kept_ci95"]  # a run from before the interval rule: no sentence, no error
+    assert headline(s)[0] == verdict(s)
+
+
 def test_wilson_interval():
     lo, hi = wilson(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)

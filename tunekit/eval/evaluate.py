@@ -211,7 +211,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
         if base_probe is not None:
             forgot = forgetting.compare(base_probe, forgetting.probe(model, tokenizer, bs, "tuned"),
-                                        cfg.eval.forgetting_threshold)
+                                        cfg.eval.forgetting_threshold, cfg.seed)
     del model
 
     values, per_item = score_items([it.extra for it in items], answers)

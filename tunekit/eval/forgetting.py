@@ -1,14 +1,22 @@
-"""The forgetting check: did fine-tuning damage what the base model knew in general?
+"""The forgetting check: did fine-tuning damage what the base model could do in general?
 
-Two probes, bundled under eval/assets/ (README.md there names the sources): the
-perplexity of about 2,000 words of public-domain English prose, and greedy answers to
-sixteen easy general questions. Each is measured on the base model and on the tuned
-one; the tuned model is flagged when its perplexity rises by more than
-eval.forgetting_threshold (relative) or it answers more than MAX_QUESTION_DROP fewer
-questions correctly than the base model.
+The main signal is a general score: greedy answers to the bundled general questions
+(eval/assets/general_questions.jsonl, 178 items across facts, arithmetic, instructions,
+formatting, short chat, refusals and multi-turn), each labelled with the answers it
+requires exactly as held-out items are, and scored with the same fact-accuracy metric.
+Base and tuned answer the same questions, so the paired bootstrap gives an interval for
+the share of the base model's general score the tuned model kept.
 
-`probe` measures one model; `compare` turns the two measurements into the
-scores.json entry; `forgetting_verdict` is the rule itself, over plain numbers.
+The flag uses that interval, not a raw count: the tuned model is flagged when even the top
+of the interval lies below 1 - eval.forgetting_threshold, i.e. when it lost more than the
+threshold with 95% confidence. A loss that is real (the interval excludes no change) but
+not clearly beyond the threshold is reported as a note.
+
+The second signal is the perplexity of about 2,000 words of public-domain English prose;
+a rise beyond the same threshold is reported as a note beside the verdict.
+
+`probe` measures one model; `compare` turns two probes into the scores.json entry;
+`forgetting_verdict` is the rule itself, over plain numbers.
 """
 
 from __future__ import annotations
@@ -20,32 +28,30 @@ import torch
 import torch.nn.functional as F
 
 from tunekit.eval.generate import greedy_answers
-from tunekit.eval.metrics import answer_tokens, perplexity
+from tunekit.eval.metrics import mean, paired_bootstrap, perplexity, states_facts
 
 ASSETS = Path(__file__).parent / "assets"
 TEXT_FILE = ASSETS / "general_text.txt"
 QUESTIONS_FILE = ASSETS / "general_questions.jsonl"
 TEXT_SOURCE = ("Pride and Prejudice ch. 1-2 (Austen, 1813), the Declaration of Independence (1776), "
                "the Gettysburg Address (1863): public domain")
-# A few answers may flip on a small model by chance; more than this many lost is a pattern.
-MAX_QUESTION_DROP = 2
 # Longest chunk scored at once. Perplexity falls with context, but base and tuned see the same
 # chunks, so the comparison holds; the cap keeps the logits (chunk x vocabulary) small on a CPU.
 MAX_CHUNK = 1024
-# Enough for "The capital of France is Paris." and then some; answers are matched anywhere in it.
-ANSWER_TOKENS = 24
-_ASK = " Answer in a few words."
+# Every required answer is short and comes early ("The capital of France is Paris."); a rambling
+# answer is cut here, which keeps the check within a minute on two CPU cores.
+ANSWER_TOKENS = 32
+_ASK = " Answer briefly."
 
 
 def load_questions() -> list[dict]:
-    """The bundled general questions: {"question", "answers": [accepted alternatives]}."""
+    """The bundled general questions: {"id", "skill", "messages", "required"}."""
     return [json.loads(line) for line in QUESTIONS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def answers_question(answer: str, accepted: list[str]) -> bool:
-    """One accepted alternative occurs in the answer as whole normalised words ("4" is not in "14")."""
-    said = f" {' '.join(answer_tokens(answer))} "
-    return any(f" {' '.join(answer_tokens(alt))} " in said for alt in accepted if answer_tokens(alt))
+def _asked(messages: list[dict]) -> list[dict]:
+    """The conversation with a request for brevity added to its last user turn."""
+    return messages[:-1] + [{**messages[-1], "content": messages[-1]["content"] + _ASK}]
 
 
 @torch.no_grad()
@@ -71,60 +77,93 @@ def text_loss(model, tokenizer, text: str, max_chunk: int = MAX_CHUNK) -> tuple[
 
 
 def probe(model, tokenizer, batch_size: int, label: str) -> dict:
-    """One model's side of the check: {"perplexity", "text_tokens", "answers", "correct"}."""
+    """One model's side of the check: {"perplexity", "text_tokens", "answers", "correct"} (1.0/0.0 per question)."""
     loss, n_tokens = text_loss(model, tokenizer, TEXT_FILE.read_text(encoding="utf-8"))
     questions = load_questions()
-    convs = [[{"role": "user", "content": q["question"] + _ASK}] for q in questions]
-    answers = greedy_answers(model, tokenizer, convs, ANSWER_TOKENS, batch_size, f"forgetting {label}")
+    answers = greedy_answers(model, tokenizer, [_asked(q["messages"]) for q in questions], ANSWER_TOKENS, batch_size,
+                             f"forgetting {label}")
     return {"perplexity": perplexity(loss), "text_tokens": n_tokens, "answers": answers,
-            "correct": [answers_question(a, q["answers"]) for a, q in zip(answers, questions, strict=True)]}
+            "correct": [float(states_facts(a, q["required"])) for a, q in zip(answers, questions, strict=True)]}
 
 
-def forgetting_verdict(ppl_base: float, ppl_tuned: float, correct_base: int, correct_tuned: int, n_questions: int,
-                       threshold: float) -> tuple[bool, str]:
-    """(flagged, why): flagged when perplexity rises by more than `threshold` (relative) or the tuned
-    model answers more than MAX_QUESTION_DROP fewer general questions correctly than the base."""
-    change = ppl_tuned / ppl_base - 1
-    lost = correct_base - correct_tuned
-    reasons = []
-    if change > threshold:
-        reasons.append(f"general-text perplexity rose {change:+.1%} ({ppl_base:.2f} -> {ppl_tuned:.2f}), "
-                       f"more than the {threshold:.0%} allowed (eval.forgetting_threshold)")
-    if lost > MAX_QUESTION_DROP:
-        reasons.append(f"the tuned model answers {lost} fewer general questions correctly "
-                       f"({correct_base}/{n_questions} -> {correct_tuned}/{n_questions}), more than {MAX_QUESTION_DROP}")
-    if reasons:
-        return True, "; ".join(reasons)
-    return False, (f"general-text perplexity changed {change:+.1%} (within {threshold:.0%}) and general questions went "
-                   f"{correct_base}/{n_questions} -> {correct_tuned}/{n_questions}")
+def kept_share(tuned: list[float], base: list[float], seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """(tuned score / base score, its paired-bootstrap 95% interval); (1, (1, 1)) when both score nothing."""
+    if mean(base) == 0:
+        return (1.0, (1.0, 1.0)) if mean(tuned) == 0 else (float("inf"), (float("inf"), float("inf")))
+    return mean(tuned) / mean(base), paired_bootstrap(tuned, base, seed=seed, ratio=True)
 
 
-def compare(base: dict, tuned: dict, threshold: float) -> dict:
+def forgetting_verdict(kept: float, ci: tuple[float, float], threshold: float) -> tuple[bool, str]:
+    """(flagged, why) from the kept share of the base model's general score and its interval."""
+    shown = f"kept {kept:.0%} of the base model's general score (95% CI {ci[0]:.0%} to {ci[1]:.0%})"
+    if ci[1] < 1 - threshold:
+        return True, (f"it {shown}: it lost more than the {threshold:.0%} allowed (eval.forgetting_threshold), "
+                      "with 95% confidence")
+    if ci[1] < 1:
+        return False, f"it {shown}: a real loss, but not clearly more than the {threshold:.0%} allowed"
+    return False, f"it {shown}"
+
+
+def _skills(questions: list[dict], correct: dict[str, list[float]]) -> dict:
+    out: dict[str, dict] = {}
+    for i, q in enumerate(questions):
+        row = out.setdefault(q["skill"], {"questions": 0, **{c: 0 for c in correct}})
+        row["questions"] += 1
+        for c, values in correct.items():
+            row[c] += int(values[i])
+    return out
+
+
+def compare(base: dict, tuned: dict, threshold: float, seed: int = 0) -> dict:
     """The scores.json "forgetting" entry from the two probes."""
     questions = load_questions()
-    n_base, n_tuned = sum(base["correct"]), sum(tuned["correct"])
-    flagged, why = forgetting_verdict(base["perplexity"], tuned["perplexity"], n_base, n_tuned, len(questions), threshold)
+    kept, ci = kept_share(tuned["correct"], base["correct"], seed)
+    flagged, why = forgetting_verdict(kept, ci, threshold)
+    lo, hi = paired_bootstrap(tuned["correct"], base["correct"], seed=seed)
+    ppl_change = tuned["perplexity"] / base["perplexity"] - 1
+    notes = []
+    if ppl_change > threshold:
+        notes.append(f"general-text perplexity rose {ppl_change:+.0%} ({base['perplexity']:.1f} -> {tuned['perplexity']:.1f}): "
+                     "the tuned model finds ordinary prose less likely, though it answers general questions "
+                     + ("as the base does" if not flagged else "worse"))
     return {
+        "questions_file": QUESTIONS_FILE.name,
+        "general_score": {"base": mean(base["correct"]), "tuned": mean(tuned["correct"])},
+        "general_correct": {"base": int(sum(base["correct"])), "tuned": int(sum(tuned["correct"]))},
+        "n_questions": len(questions),
+        "difference": {"diff": mean(tuned["correct"]) - mean(base["correct"]), "ci95": [lo, hi]},
+        "kept": kept,
+        "kept_ci95": list(ci),
+        "by_skill": _skills(questions, {"base": base["correct"], "tuned": tuned["correct"]}),
         "text_source": TEXT_SOURCE,
         "text_tokens": base["text_tokens"],
         "perplexity": {"base": base["perplexity"], "tuned": tuned["perplexity"]},
-        "perplexity_change": tuned["perplexity"] / base["perplexity"] - 1,
-        "questions": [{"question": q["question"], "expected": q["answers"],
+        "perplexity_change": ppl_change,
+        "questions": [{"id": q["id"], "skill": q["skill"], "question": q["messages"][-1]["content"],
+                       "expected": q["required"],
                        "answers": {"base": base["answers"][i], "tuned": tuned["answers"][i]},
-                       "correct": {"base": base["correct"][i], "tuned": tuned["correct"][i]}}
+                       "correct": {"base": bool(base["correct"][i]), "tuned": bool(tuned["correct"][i])}}
                       for i, q in enumerate(questions)],
-        "general_correct": {"base": n_base, "tuned": n_tuned},
         "flagged": flagged,
         "why": why,
+        "notes": notes,
     }
 
 
+def kept_sentence(result: dict) -> str:
+    """The verdict's second sentence, e.g. "It kept 96% of the base model's general score (95% CI 88% to 104%)."."""
+    lo, hi = result["kept_ci95"]
+    n = result["n_questions"]
+    s = (f"It kept {result['kept']:.0%} of the base model's general score (95% CI {lo:.0%} to {hi:.0%}, "
+         f"{n} general questions)")
+    return s + (": FORGETTING FLAGGED." if result["flagged"] else ".")
+
+
 def summary_line(result: dict) -> str:
-    """One console line, e.g. "forgetting: general-text perplexity 12.3 -> 12.9 (+4.9%), general questions 14/16 -> 14/16: ok"."""
+    """One console line: general score base -> tuned with the kept share, perplexity, and the flag."""
     if not result:
         return "forgetting: skipped (eval.forgetting is false, or no tuned model to compare)"
-    ppl, n = result["perplexity"], len(result["questions"])
-    right = result["general_correct"]
-    line = (f"forgetting: general-text perplexity {ppl['base']:.1f} -> {ppl['tuned']:.1f} ({result['perplexity_change']:+.1%}), "
-            f"general questions {right['base']}/{n} -> {right['tuned']}/{n}")
-    return line + (f": FLAGGED: {result['why']}" if result["flagged"] else ": ok")
+    right, n, ppl = result["general_correct"], result["n_questions"], result["perplexity"]
+    line = (f"forgetting: general questions {right['base']}/{n} -> {right['tuned']}/{n}, {result['why']}; "
+            f"general-text perplexity {ppl['base']:.1f} -> {ppl['tuned']:.1f} ({result['perplexity_change']:+.1%})")
+    return line + (": FLAGGED" if result["flagged"] else ": ok")

@@ -54,6 +54,25 @@ def score_bars_png(bars: list[tuple[str, float, float | None, float | None]], yl
     return _png(fig)
 
 
+def tradeoff_png(points: list[tuple[str, float, float]], domain_label: str) -> bytes | None:
+    """Domain score against general score, one labelled point per (contender, domain, general), both
+    in [0, 1] and drawn 0-100: up and to the right is better, and the tuned point shows what the
+    domain gain cost in general ability."""
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for i, (label, domain, general) in enumerate(points):
+        ax.scatter([100 * general], [100 * domain], s=60, color=f"C{i}", zorder=3)
+        ax.annotate(label, (100 * general, 100 * domain), textcoords="offset points", xytext=(6, 4 + 10 * (i % 2)), fontsize=9)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("general score (forgetting check, %)")
+    ax.set_ylabel(f"domain score ({domain_label})")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def token_histogram_png(histogram: dict) -> bytes | None:
     """The token-length histogram `data inspect` draws, from a stats.length_histogram dict."""
     if not histogram or len(histogram.get("edges", [])) < 2:

@@ -18,6 +18,7 @@ from pathlib import Path
 from tunekit import atomic
 from tunekit.eval import plots
 from tunekit.eval.evaluate import LABELS
+from tunekit.eval.forgetting import kept_sentence
 from tunekit.eval.report_html import render_html, render_md
 from tunekit.train.metrics import read_metrics
 from tunekit.train.plot import loss_curve_png
@@ -110,7 +111,11 @@ def headline(scores: dict) -> list[str]:
     forgetting = scores.get("forgetting") or {}
     if forgetting.get("flagged"):
         lines.append(f"- warning, forgetting: {forgetting.get('why') or 'the tuned model does worse on general text or questions'}")
-    return [verdict(scores), ""] + lines
+    lines += [f"- note, forgetting: {note}" for note in forgetting.get("notes", [])]
+    first = verdict(scores)
+    if "kept_ci95" in forgetting:
+        first += " " + kept_sentence(forgetting)
+    return [first, ""] + lines
 
 
 # -- sections: each a title and a list of blocks ------------------------------------------
@@ -218,7 +223,12 @@ def _data_section(data: dict) -> list[dict]:
     png = plots.token_histogram_png(hist) if hist else None
     if png is None:
         items.append("no token-length histogram: this run's data_report.json has no tokens.histogram")
-    return [{"kind": "list", "items": items}] + _fig(
+    sources = data.get("sources") or []  # one per data.mix entry; a single data.train needs no table
+    rows = [[s.get("path"), f"{s.get('weight', 0):g}", s.get("lines_read"), s.get("kept"), s.get("rejected"), s.get("train"),
+             f"{s.get('share', 0):.1%}", s.get("repeated"), s.get("unused"), s.get("valid")] for s in sources]
+    mixed = [{"kind": "table", "rows": rows, "head": ["source (data.mix)", "weight", "lines read", "kept", "rejected",
+                                                      "train rows", "share of train", "repeated", "unused", "valid rows"]}]
+    return [{"kind": "list", "items": items}] + (mixed if len(sources) > 1 else []) + _fig(
         png, "histogram of tokens per training record",
         "Tokens per prepared record, rendered with the chat template; the dashed line is data.max_length.")
 
@@ -244,6 +254,14 @@ def _cost_section(train: dict, scores: dict, run_dir: Path) -> list[dict]:
     if train.get("peak_rss_mb") and train.get("estimated_peak_mb"):
         at = next(i for i, x in enumerate(items) if x.startswith("peak memory, estimated")) + 1
         items.insert(at, f"measured / estimated memory: {train['peak_rss_mb'] / train['estimated_peak_mb']:.2f}")
+    r = train.get("replay") or {}
+    if r:
+        src = ("the base model's own answers to general prompts" if r.get("source") == "self-distillation"
+               else str(r.get("source")))
+        paid = ("generated during this run" if r.get("generated_now") else "read from the cache")
+        cost = f", generating them cost {r['generation_seconds']:,.0f} s once for this base model" if r.get("generation_seconds") else ""
+        items.append(f"replay: {r.get('examples', 0):,} of {train.get('train_examples', 0):,} training examples "
+                     f"(train.replay.fraction {r.get('fraction')}) from {src}, {paid}{cost}")
     if train.get("stopped_early"):
         items.append(f"stopped early after step {train.get('steps')} of {train.get('planned_steps')}")
     p = scores.get("precision") or {}
@@ -259,16 +277,32 @@ def _cost_section(train: dict, scores: dict, run_dir: Path) -> list[dict]:
         png, "training and held-out loss", "Training loss and held-out loss per supervised token against optimiser steps.")
 
 
+def _tradeoff(scores: dict) -> list[dict]:
+    """Domain score against general score: base, few-shot (the base model's weights, so its general
+    score is the base model's: a prompt can be left out of general questions, a weight change cannot) and tuned."""
+    f, (metric, acc) = scores.get("forgetting") or {}, primary(scores)
+    general = f.get("general_score") or {}
+    if not {"base", "tuned"} <= set(general) or "tuned" not in acc:
+        return []
+    weights = {"base": "base", "few_shot": "base", "tuned": "tuned"}
+    points = [(_label(c), acc[c], general[weights[c]]) for c in CONTENDERS if c in acc]
+    caption = (f"{NAMES.get(metric, metric)} on the held-out questions against the share of the "
+               f"{f.get('n_questions', 0)} general questions answered; few-shot uses the base model's weights")
+    return _fig(plots.tradeoff_png(points, NAMES.get(metric, metric)), "domain score against general score", caption)
+
+
 def _forgetting_section(f: dict) -> list[dict]:
-    """Did the tuned model lose general ability: perplexity on general text, general questions."""
+    """Did the tuned model lose general ability: general questions (the flag), perplexity (a second signal)."""
     blocks = [{"kind": "p", "text": ("Flagged: " if f["flagged"] else "Not flagged: ") + str(f.get("why") or "")}] if "flagged" in f else []
-    items, ppl = [], f.get("perplexity") or {}
+    items, ppl = list(f.get("notes") or []), f.get("perplexity") or {}
     if "base" in ppl and "tuned" in ppl:
         change = f" ({f['perplexity_change']:+.1%})" if f.get("perplexity_change") is not None else ""
         items.append(f"perplexity on {f.get('text_tokens', 0):,} tokens of general text ({f.get('text_source', 'source not recorded')}): "
                      f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}{change}")
     questions, right = f.get("questions") or [], f.get("general_correct") or {}
     items += [f"general questions the {_label(c)} answered right: {right[c]} of {len(questions)}" for c in ("base", "tuned") if c in right]
+    items += [f"{skill}: base {row.get('base', 0)}, tuned {row.get('tuned', 0)} of {row.get('questions', 0)}"
+              for skill, row in (f.get("by_skill") or {}).items()]
     blocks += [{"kind": "list", "items": items}] if items else []
 
     def cells(q: dict) -> list[str]:
@@ -317,7 +351,7 @@ def build_sections(run_dir: Path) -> tuple[list[str], list[tuple[str, list[dict]
         ("Config", [{"kind": "details", "summary": "config.yaml (every default written out)", "text": config.read_text()}]
          if config.is_file() else []),
         ("Cost", _cost_section(_read_json(run_dir / "train_state.json"), scores, run_dir)),
-        ("Forgetting check", _forgetting_section(scores.get("forgetting") or {})),
+        ("Forgetting check", _tradeoff(scores) + _forgetting_section(scores.get("forgetting") or {})),
         ("Where the contenders differ", _differing(rows, primary(scores)[0])),
     ]
     return headline(scores), [(title, blocks) for title, blocks in sections if blocks]
