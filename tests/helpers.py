@@ -57,8 +57,10 @@ def tiny_run_config(tmp_path: Path, model_dir: Path, n_conversations: int = 40, 
         "model": {"base": str(model_dir)},
         "data": data,
         "method": {"kind": "lora", "r": 4, "alpha": 8},
+        # Replay off: a random tiny model finishes no answer to the general prompts (tests/train/test_replay.py
+        # turns it on with answers of its own).
         "train": {"epochs": 1, "lr": 1e-2, "batch_size": 6, "save_every": 0, "log_every": 1, "threads": 1,
-                  "warmup_ratio": 0.0},
+                  "warmup_ratio": 0.0, "replay": {"fraction": 0.0}},
         "eval": {"few_shot_k": 1, "max_new_tokens": 4, "batch_size": 8},
     }
     for key, value in sections.items():

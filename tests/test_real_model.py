@@ -38,8 +38,10 @@ def test_prepare_train_eval_on_real_model(real_model, tmp_path, monkeypatch):
         "method": {"kind": "lora", "layers": "last:2"},
         # One thread: on a shared 2-core machine a second thread contending for a busy core
         # slows small matmuls ~20x.
-        # 23 training records / batch 4 = 6 batches per epoch; 0.33 epochs = 2 optimiser steps.
-        "train": {"epochs": 0.33, "batch_size": 4, "log_every": 1, "save_every": 0, "threads": 1},
+        # 23 training records and round(23 * 0.2 / 0.8) = 6 replay examples / batch 4 = 8 batches per
+        # epoch; 0.25 epochs = 2 optimiser steps. The replay answers are the ones shipped with tunekit.
+        "train": {"epochs": 0.25, "batch_size": 4, "log_every": 1, "save_every": 0, "threads": 1,
+                  "replay": {"fraction": 0.2}},
         "eval": {"max_new_tokens": 8, "contenders": ["base", "tuned"], "batch_size": 4},
     })
     run = tmp_path / "run"
@@ -47,6 +49,10 @@ def test_prepare_train_eval_on_real_model(real_model, tmp_path, monkeypatch):
     assert data["kept"] == 24 and data["valid"] == 1
     result = pipeline.run_stage(cfg, run, "train")
     assert result["steps"] == 2
+    replay = result["replay"]
+    assert replay["examples"] == 6 and replay["domain_examples"] == 23
+    # The default model's answers ship with the package: the cache key matches this machine's copy.
+    assert not replay["generated_now"] and "/assets/replay/" in replay["cache"], replay
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics]
     assert [m["step"] for m in metrics] == [1, 2]

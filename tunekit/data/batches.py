@@ -28,6 +28,7 @@ class Batch:
     labels: torch.Tensor  # (B, T), IGNORE where no loss
     tokens: int  # real (unpadded) tokens
     position_ids: torch.Tensor | None = None  # (B, T) when packed (restarting per example); else the model's default
+    distill: torch.Tensor | None = None  # (B, T) bool: tokens of replay examples (train.replay.kl); None when none
 
     @property
     def supervised(self) -> int:
@@ -72,11 +73,13 @@ def collate(examples: list[Tokenized], indices: list[int], pad_id: int) -> Batch
     labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(indices), width), dtype=torch.long)
     tokens = 0
+    distill = torch.zeros((len(indices), width), dtype=torch.bool)
     for row, i in enumerate(indices):
         ex = examples[i]
         n = len(ex.input_ids)
         ids[row, :n] = torch.tensor(ex.input_ids)
         labels[row, :n] = torch.tensor(ex.labels)
         mask[row, :n] = 1
+        distill[row, :n] = ex.distill
         tokens += n
-    return Batch(ids, mask, labels, tokens)
+    return Batch(ids, mask, labels, tokens, distill=distill if distill.any() else None)

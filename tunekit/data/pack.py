@@ -65,6 +65,7 @@ def collate_packed(examples: list[Tokenized], indices: list[int], max_length: in
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     # Which example of its row each token belongs to; -1 for padding at the row's end.
     segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    distill = torch.zeros((len(rows), width), dtype=torch.bool)
     for r, row in enumerate(rows):
         start = 0
         for k, i in enumerate(row):
@@ -75,8 +76,9 @@ def collate_packed(examples: list[Tokenized], indices: list[int], max_length: in
             labels[r, start] = IGNORE
             positions[r, start : start + n] = torch.arange(n)
             segment[r, start : start + n] = k
+            distill[r, start : start + n] = ex.distill
             start += n
-    return Batch(ids, block_causal_mask(segment), labels, sum(lengths), positions)
+    return Batch(ids, block_causal_mask(segment), labels, sum(lengths), positions, distill if distill.any() else None)
 
 
 def block_causal_mask(segment: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,8 @@ class Tokenized:
     """Same length as input_ids; IGNORE where no loss is taken."""
     turns: int = 0
     """Assistant turns whose answers carry loss."""
+    distill: bool = False
+    """A replay example whose answers also learn the base model's distribution (train.replay.kl)."""
 
     @property
     def supervised(self) -> int:

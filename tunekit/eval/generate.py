@@ -328,19 +328,25 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop: set
 
 def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int, label: str) -> list[str]:
     """Greedy answer text to each conversation (which ends with a user turn)."""
+    return [text for text, _ in greedy_outputs(model, tokenizer, conversations, max_new_tokens, batch_size, label)]
+
+
+def greedy_outputs(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
+                   label: str) -> list[tuple[str, bool]]:
+    """(greedy answer text, whether it ended by itself before max_new_tokens) per conversation."""
     was_training = model.training
     model.eval()
     prompts = [prompt_ids(tokenizer, c) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stop = stop_ids(model, tokenizer)
-    answers: list[str] = [""] * len(prompts)
+    answers: list[tuple[str, bool]] = [("", True)] * len(prompts)
     shared = SharedPrefix.of(prompts) if prompts else None  # over all prompts: the template preamble runs once
     with Bar(label, len(prompts)) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = [prompts[i] for i in idx]
             for i, toks in zip(idx, greedy_batch(model, batch, max_new_tokens, stop, tokenizer.pad_token_id, shared)):
-                answers[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
+                answers[i] = (tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks) < max_new_tokens)
             bar.update(len(idx))
     model.train(was_training)
     return answers

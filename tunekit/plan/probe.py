@@ -38,7 +38,7 @@ from tunekit.plan.estimate import (
 )
 from tunekit.progress import Bar
 from tunekit.train import checkpoint
-from tunekit.train.loop import evaluate_loss, make_batch, optimizer_step, setup_training
+from tunekit.train.loop import evaluate_loss, make_batch, optimizer_step, replay_state, setup_training
 from tunekit.train.memory import _available_bytes, estimate_memory
 from tunekit.train.metrics import peak_memory_mb
 from tunekit.train.plot import loss_curve_png
@@ -64,7 +64,8 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
     def timed_step(step: int) -> float:
         t = time.perf_counter()
         batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
-        optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision, scaler)
+        optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm, precision, scaler,
+                       cfg.train.replay.kl)
         sync(device)
         return time.perf_counter() - t
 
@@ -107,6 +108,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
                     "precision_reason": precision.reason,
                     "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
         "method": summary.describe(),
+        "replay": replay_state(cfg, s),
     }
     atomic.write_json(run_dir / "plan" / "plan.json", result)
     return result
@@ -132,6 +134,15 @@ def describe(plan: dict) -> list[str]:
         + f"; {m['estimated_mb']:,} MB estimated for the tensors of a step"
         + (f"; {m['available_mb']:,} MB available" if m["available_mb"] else ""),
     ]
+    r = plan.get("replay")
+    if r:
+        paid = "generated just now" if r["generated_now"] else "cached"
+        cost = (f"; generating them took {duration(r['generation_seconds'])}, once per base model"
+                if r.get("generation_seconds") else "")
+        lines.insert(1, f"[bold]replay[/] {r['examples']:,} of the {plan['train_examples']:,} examples are general "
+                        f"conversations (train.replay.fraction {r['fraction']}) from "
+                        + ("the base model's own answers" if r["source"] == "self-distillation" else r["source"])
+                        + f" ({paid}{cost})")
     need = max(m.get("cuda_max_allocated_mb", m["peak_rss_mb"]), m["estimated_mb"])
     if m["available_mb"] and need > m["available_mb"]:
         lines.append(f"[yellow]warning[/] the run needs about {need:,} MB but only {m['available_mb']:,} MB are available: "

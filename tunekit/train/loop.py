@@ -42,6 +42,7 @@ from tunekit.train.methods import apply_method
 from tunekit.train.metrics import MetricsLog, peak_memory_mb, read_metrics, require_tensorboard, truncate_metrics
 from tunekit.train.optim import make_optimizer, make_scheduler
 from tunekit.train.plot import write_loss_png
+from tunekit.train.replay import ReplayPool, pool_for, replay_examples
 
 
 class TrainingDiverged(TunekitError):
@@ -98,20 +99,22 @@ def to_device(b: Batch, device: torch.device) -> tuple[Batch, tuple[torch.Tensor
 
 
 def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float,
-                   precision: Precision = FP32, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   precision: Precision = FP32, scaler=None, kl_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step over micro-batches; returns (loss per supervised token, grad norm) as 0-d
     tensors on the device, so the caller decides when to pay a host sync to read them.
 
     Each micro-batch's loss sum is divided by the supervised tokens of the whole step,
     so the accumulated gradient is that of one batch holding them all. `scaler`: fp16's
-    GradScaler, which skips steps whose scaled gradients overflowed.
+    GradScaler, which skips steps whose scaled gradients overflowed. `kl_weight`: train.replay.kl,
+    for the replay tokens a batch marks (loss.distill_sum).
     """
     n_sup = max(sum(b.supervised for b in batches), 1)
     step_loss = torch.zeros((), device=params[0].device)
     for b in batches:
         b, rows = to_device(b, params[0].device)
         with precision.autocast():
-            loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows)
+            loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows,
+                                              b.distill, kl_weight)
         loss = loss_sum / n_sup
         (scaler.scale(loss) if scaler is not None else loss).backward()
         step_loss += loss_sum.detach().float()
@@ -157,7 +160,7 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
 class Setup:
     """Everything a training step needs, built once by `setup_training`."""
 
-    train_ex: list[Tokenized]
+    train_ex: list[Tokenized]  # the domain examples, then the replay examples
     valid_ex: list[Tokenized]
     device: torch.device
     precision: Precision
@@ -169,6 +172,8 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: object  # torch.amp.GradScaler for fp16, else None
+    replay: ReplayPool | None = None
+    n_replay: int = 0  # how many of train_ex are replay examples (the last ones)
 
 
 def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, before_model=None) -> Setup:
@@ -182,6 +187,11 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     valid_ex = load_examples(run_dir / "data" / "valid.jsonl", tokenizer, cfg.data.train_on)
     device = hardware.pick_device()
     precision = hardware.choose_precision(cfg.train.precision, device, model_path)
+    # Before the training model loads: generating replay answers needs the base model alone.
+    pool = pool_for(cfg, model_path, tokenizer, precision)
+    replayed = [] if pool is None else replay_examples(pool, tokenizer, len(train_ex), cfg.train.replay.fraction,
+                                                       cfg.data.max_length, cfg.seed, cfg.data.train_on)
+    train_ex = train_ex + replayed
     if before_model is not None:
         before_model(device)
     model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
@@ -197,7 +207,8 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
-    return Setup(train_ex, valid_ex, device, precision, model, summary, widest, params, plan, optimizer, scheduler, scaler)
+    return Setup(train_ex, valid_ex, device, precision, model, summary, widest, params, plan, optimizer, scheduler, scaler,
+                 pool, len(replayed))
 
 
 def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
@@ -207,6 +218,9 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     s = setup_training(cfg, run_dir, model_path, tokenizer)
     console.print(f"[bold]precision[/] {s.precision.describe()}")
     console.print(f"[bold]method[/] {cfg.method.kind}: {s.summary.describe()}")
+    if s.replay is not None:
+        console.print(f"[bold]replay[/] {s.n_replay} of {len(s.train_ex)} training examples "
+                      f"(train.replay.fraction {cfg.train.replay.fraction}): {s.replay.describe()}")
     estimate = print_memory_estimate(s.model, cfg, s.widest, s.precision)
     try:
         return _fit(cfg, run_dir, s, tokenizer.pad_token_id, resume, config_hash, estimate)
@@ -241,7 +255,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
                 break
             batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
             loss_t, norm_t = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm,
-                                            precision, scaler)
+                                            precision, scaler, cfg.train.replay.kl)
             tokens_seen += sum(b.tokens for b in batches)
             done, last = step + 1, step + 1 == plan.total_steps
             watch.record(done, loss_t, norm_t)
@@ -292,6 +306,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
         "best_step": heldout.best_step,
         "best_valid_loss": heldout.best_loss,
         "train_examples": len(train_ex),
+        "replay": replay_state(cfg, s),
         "tokens_seen": tokens_seen,
         "seconds": round(time.time() - t0, 1),
         "tokens_per_s": round((tokens_seen - tokens_at_start) / max(time.time() - t0, 1e-9), 1),
@@ -306,6 +321,16 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
     }
     atomic.write_json(run_dir / "train_state.json", result)
     return result
+
+
+def replay_state(cfg: Config, s: Setup) -> dict | None:
+    """What replay added to the run, for train_state.json and the report."""
+    if s.replay is None:
+        return None
+    p = s.replay
+    return {"fraction": cfg.train.replay.fraction, "kl": cfg.train.replay.kl, "examples": s.n_replay, "domain_examples": len(s.train_ex) - s.n_replay,
+            "source": p.source, "pool": len(p.conversations), "cache": p.cache, "generated_now": p.generated_now,
+            "generation_seconds": p.generation_seconds, "prompts": p.prompts, "dropped_unfinished": p.dropped_unfinished}
 
 
 def _stop_if_diverged(watch: NonFiniteWatch, ckpt_root: Path) -> None:

@@ -39,28 +39,68 @@ def supervised_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 def supervised_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                         position_ids: torch.Tensor | None = None,
-                        rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+                        rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                        distill: torch.Tensor | None = None, kl_weight: float = 0.0) -> tuple[torch.Tensor, int]:
     """(sum of token cross-entropies over supervised positions, number of such positions).
 
     `attention_mask` is a (B, T) padding mask, or a packed batch's (B, 1, T, T) bool block
     mask, which goes with its `position_ids`. `rows`: `supervised_rows(labels)` when already
-    computed (on the device of the other tensors).
+    computed (on the device of the other tensors). With `kl_weight` and a (B, T) `distill`
+    mask, `kl_weight` times the summed KL(base || tuned) of the supervised positions of those
+    tokens is added (`distill_sum`).
     """
     decoder, head = decoder_and_head(model)
+    mask = attention_mask
     if attention_mask.dim() == 4:
-        attention_mask = additive_mask(attention_mask, decoder.get_input_embeddings().weight.dtype, decoder.config)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        mask = additive_mask(attention_mask, decoder.get_input_embeddings().weight.dtype, decoder.config)
+    hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state
     row, col, y = rows if rows is not None else supervised_rows(labels)
     h = hidden[row, col]  # the hidden state at each position whose next token is supervised
-    if h.shape[0] <= CHUNK:
-        return _chunk_loss(head, h, y), int(y.numel())
-    # Several chunks: recompute each chunk's logits in backward instead of keeping
-    # them all alive, so memory stays at one chunk's logits.
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], CHUNK):
-        total = total + checkpoint(_chunk_loss, head, h[s : s + CHUNK], y[s : s + CHUNK], use_reentrant=False)
+    total = _summed(_chunk_loss, head, h, y)
+    if kl_weight and distill is not None:
+        total = total + kl_weight * distill_sum(model, decoder, head, (input_ids, mask, position_ids), h, row, col, distill)
     return total, int(y.numel())
+
+
+def _summed(fn, head, h: torch.Tensor, *other: torch.Tensor) -> torch.Tensor:
+    """fn(head, rows...) summed over chunks of CHUNK rows.
+
+    Several chunks: each chunk's logits are recomputed in backward instead of kept alive,
+    so memory stays at one chunk's logits."""
+    if h.shape[0] <= CHUNK:
+        return fn(head, h, *other)
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], CHUNK):
+        total = total + checkpoint(fn, head, h[s : s + CHUNK], *(t[s : s + CHUNK] for t in other), use_reentrant=False)
+    return total
+
+
+def distill_sum(model, decoder, head, inputs: tuple, h: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                distill: torch.Tensor) -> torch.Tensor:
+    """Summed KL(base || tuned) of next-token distributions at the supervised positions `(row, col)`
+    whose target token is marked in `distill`; `h` holds the tuned hidden states there.
+
+        KL(p_base || p_tuned) = sum_v p_base(v) * (log p_base(v) - log p_tuned(v))
+
+    The base model is this model with its adapters disabled (PEFT's `disable_adapter`), so
+    there is no second copy in memory; only the rows holding marked tokens run through it."""
+    pick = distill[:, 1:][row, col]
+    if not bool(pick.any()):
+        return h.new_zeros((), dtype=torch.float32)
+    r, c, h = row[pick], col[pick], h[pick]
+    sub, where = torch.unique(r, return_inverse=True)  # the batch rows to run, and each position's row among them
+    ids, mask, positions = inputs
+    with torch.no_grad(), model.disable_adapter():
+        base = decoder(input_ids=ids[sub], attention_mask=mask[sub],
+                       position_ids=None if positions is None else positions[sub], use_cache=False).last_hidden_state
+    return _summed(_chunk_kl, head, h, base[where, c])
+
+
+def _chunk_kl(head: torch.nn.Module, h: torch.Tensor, h_base: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        target = F.log_softmax(head(h_base).float(), dim=-1)
+    return F.kl_div(F.log_softmax(head(h).float(), dim=-1), target, log_target=True, reduction="sum")
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, config) -> torch.Tensor:

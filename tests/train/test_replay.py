@@ -1,0 +1,238 @@
+"""Replay: the base model's answers are built once, cached per model and template, reused;
+the mix is deterministic and sized by train.replay.fraction; a user's file replaces them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import example_conversations, tiny_run_config, write_jsonl
+
+from tunekit import hardware
+from tunekit.config import Config
+from tunekit.data.template import IGNORE
+from tunekit.errors import DataError
+from tunekit.train import replay
+
+PROMPTS = [
+    {"id": "r1", "skill": "facts", "messages": [{"role": "user", "content": "Name a large river."}]},
+    {"id": "r2", "skill": "chat", "messages": [{"role": "user", "content": "Hello there!"}]},
+    {"id": "r3", "skill": "arithmetic", "messages": [{"role": "user", "content": "What is 40 plus 2?"}]},
+    {"id": "r4", "skill": "multi_turn", "messages": [{"role": "user", "content": "I like tea."},
+                                                     {"role": "assistant", "content": "Tea is nice."},
+                                                     {"role": "user", "content": "Suggest a snack."}]},
+]
+
+
+@pytest.fixture
+def fake_generation(tmp_path, monkeypatch, offline_home):
+    """Four bundled prompts, and a generator that answers all but one (cut off at the cap), counting its calls."""
+    import tunekit.eval.generate as generate
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    monkeypatch.setattr(replay, "PROMPTS_FILE", prompts)
+    monkeypatch.setattr(replay, "SHIPPED", tmp_path / "shipped")
+    calls = []
+
+    def outputs(model, tokenizer, conversations, max_new_tokens, batch_size, label):
+        calls.append(len(conversations))
+        return [(f"answer {i}", i != 2) for i in range(len(conversations))]
+
+    monkeypatch.setattr(generate, "greedy_outputs", outputs)
+    return calls
+
+
+def _cfg(fraction: float = 0.25, file: str | None = None) -> Config:
+    return Config.model_validate({"data": {"train": "x.jsonl"}, "train": {"replay": {"fraction": fraction, "file": file}}})
+
+
+def test_replay_count():
+    assert replay.replay_count(800, 0.2) == 200
+    assert replay.replay_count(800, 0.5) == 800
+    assert replay.replay_count(800, 0.0) == 0
+
+
+def test_answers_are_built_cached_and_reused(fake_generation, tiny_model_dir, tiny_tokenizer):
+    pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    assert fake_generation == [4] and pool.generated_now
+    assert pool.prompts == 4 and pool.dropped_unfinished == 1 and len(pool.conversations) == 3
+    assert pool.conversations[0] == PROMPTS[0]["messages"] + [{"role": "assistant", "content": "answer 0"}]
+    assert pool.conversations[2][:-1] == PROMPTS[3]["messages"]  # the unfinished third answer is left out
+    cache = replay.store_dir() / f"{replay.cache_key(tiny_model_dir, tiny_tokenizer)}.jsonl"
+    assert pool.cache == str(cache) and cache.is_file()
+    meta = json.loads(cache.read_text().splitlines()[0])["meta"]
+    assert meta["prompts"] == 4 and meta["dropped_unfinished"] == 1 and meta["generation_seconds"] >= 0
+
+    again = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    assert fake_generation == [4] and not again.generated_now  # read back, not generated again
+    assert again.conversations == pool.conversations and again.generation_seconds == pool.generation_seconds
+
+
+def test_a_shipped_cache_is_used_when_the_store_has_none(fake_generation, tiny_model_dir, tiny_tokenizer):
+    first = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    replay.SHIPPED.mkdir()
+    shutil.move(first.cache, replay.SHIPPED)
+    pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    assert fake_generation == [4] and pool.cache.startswith(str(replay.SHIPPED)) and not pool.generated_now
+
+
+def test_the_cache_key_follows_the_weights_the_template_and_the_prompts(tmp_path, tiny_model_dir, tiny_tokenizer,
+                                                                        monkeypatch):
+    key = replay.cache_key(tiny_model_dir, tiny_tokenizer)
+    assert key == replay.cache_key(tiny_model_dir, tiny_tokenizer)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    assert replay.cache_key(other, tiny_tokenizer) == key  # the same weights elsewhere
+    from tunekit.models.loading import load_model
+
+    model = load_model(other)
+    with __import__("torch").no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(other)
+    assert replay.cache_key(other, tiny_tokenizer) != key  # other weights
+    from tunekit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    tok.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    assert replay.cache_key(tiny_model_dir, tok) != key  # another template
+    monkeypatch.setattr(replay, "PROMPTS_FILE", write_jsonl(tmp_path / "p.jsonl", PROMPTS))
+    assert replay.cache_key(tiny_model_dir, tiny_tokenizer) != key  # other prompts
+
+
+def test_no_finished_answer_is_a_clear_error(fake_generation, tiny_model_dir, tiny_tokenizer, monkeypatch):
+    import tunekit.eval.generate as generate
+
+    monkeypatch.setattr(generate, "greedy_outputs", lambda m, t, convs, *a: [("rambling", False)] * len(convs))
+    with pytest.raises(DataError, match="finished none of its answers.*train.replay.fraction: 0"):
+        replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+
+
+def test_examples_are_deterministic_without_repeats_until_the_pool_runs_out(tiny_tokenizer):
+    convs = [[{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+             for i in range(10)]
+    pool = replay.ReplayPool(convs, "self-distillation")
+    ids = lambda exs: [tuple(e.input_ids) for e in exs]  # noqa: E731
+    four = replay.replay_examples(pool, tiny_tokenizer, 12, 0.25, 512, seed=0)
+    assert len(four) == 4 and len(set(ids(four))) == 4
+    assert ids(four) == ids(replay.replay_examples(pool, tiny_tokenizer, 12, 0.25, 512, seed=0))
+    assert ids(four) != ids(replay.replay_examples(pool, tiny_tokenizer, 12, 0.25, 512, seed=1))
+    many = replay.replay_examples(pool, tiny_tokenizer, 15, 0.5, 512, seed=0)
+    assert len(many) == 15 and len(set(ids(many[:10]))) == 10  # every conversation once before any repeats
+    assert replay.replay_examples(pool, tiny_tokenizer, 12, 0.0, 512, seed=0) == []
+
+
+def test_self_distilled_examples_learn_only_the_base_models_answer(tiny_tokenizer):
+    conv = PROMPTS[3]["messages"] + [{"role": "assistant", "content": "Biscuits."}]
+    [ex] = replay.replay_examples(replay.ReplayPool([conv], "self-distillation"), tiny_tokenizer, 1, 0.5, 512, 0)
+    learned = tiny_tokenizer.decode([t for t in ex.labels if t != IGNORE])
+    assert "Biscuits." in learned and "Tea is nice." not in learned
+    [user] = replay.replay_examples(replay.ReplayPool([conv], "mine.jsonl"), tiny_tokenizer, 1, 0.5, 512, 0)
+    assert "Tea is nice." in tiny_tokenizer.decode([t for t in user.labels if t != IGNORE])  # data.train_on
+
+
+def test_over_long_conversations_are_skipped(tiny_tokenizer):
+    long = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    exs = replay.replay_examples(replay.ReplayPool([long, short], "self-distillation"), tiny_tokenizer, 3, 0.5, 64, 0)
+    assert len(exs) == 3 and all(len(e.input_ids) <= 64 for e in exs)
+    with pytest.raises(DataError, match="fits data.max_length"):
+        replay.replay_examples(replay.ReplayPool([long], "self-distillation"), tiny_tokenizer, 3, 0.5, 64, 0)
+
+
+def test_a_users_file_replaces_the_base_models_answers(tmp_path, tiny_model_dir, tiny_tokenizer):
+    rows = example_conversations(5) + [{"messages": [{"role": "user", "content": "no answer"}]}]
+    path = write_jsonl(tmp_path / "general.jsonl", rows)
+    pool = replay.pool_for(_cfg(file=str(path)), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    assert pool.source == str(path) and len(pool.conversations) == 5 and not pool.generated_now
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}])
+    with pytest.raises(DataError, match="holds no usable conversations.*line 1"):
+        replay.pool_for(_cfg(file=str(empty)), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    assert replay.pool_for(_cfg(fraction=0.0, file=str(path)), tiny_model_dir, tiny_tokenizer, hardware.FP32) is None
+
+
+def test_a_run_mixes_replay_into_training_and_records_it(tmp_path, tiny_model_dir, offline_home, fake_generation):
+    from tunekit import pipeline
+
+    cfg = Config.model_validate(tiny_run_config(tmp_path, tiny_model_dir, 30, train={"replay": {"fraction": 0.2}}))
+    run = tmp_path / "run"
+    pipeline.run_stage(cfg, run, "prepare")
+    n_domain = sum(1 for _ in (run / "data" / "train.jsonl").open())
+    result = pipeline.run_stage(cfg, run, "train")
+    want = round(n_domain * 0.2 / 0.8)
+    assert result["train_examples"] == n_domain + want
+    assert result["replay"] == {"fraction": 0.2, "kl": 0.0, "examples": want, "domain_examples": n_domain, "source": "self-distillation",
+                                "pool": 3, "cache": result["replay"]["cache"], "generated_now": True,
+                                "generation_seconds": result["replay"]["generation_seconds"], "prompts": 4,
+                                "dropped_unfinished": 1}
+    assert json.loads((run / "train_state.json").read_text())["replay"]["examples"] == want
+    from tunekit.eval.report import build_sections
+
+    _, sections = build_sections(run)
+    cost = next(blocks for title, blocks in sections if title == "Cost")
+    assert any(f"replay: {want} of {n_domain + want} training examples" in item for item in cost[0]["items"])
+
+
+def _lora_model(model_dir, perturb: bool):
+    import torch
+
+    from tunekit.config import MethodConfig
+    from tunekit.models.loading import load_model
+    from tunekit.train.methods import apply_method
+
+    torch.manual_seed(0)
+    model, _ = apply_method(load_model(model_dir), MethodConfig(kind="lora", r=4, alpha=8))
+    if perturb:  # LoRA starts equal to the base (B = 0); move it away so the KL is not zero
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_kl_term_is_kl_from_the_base_on_replay_tokens_only(tiny_model_dir, tiny_tokenizer, packed):
+    import torch
+    import torch.nn.functional as F
+
+    from tunekit.data.template import tokenize_chat
+    from tunekit.train.loop import make_batch
+    from tunekit.train.loss import supervised_loss_sum, supervised_rows
+
+    convs = [[{"role": "user", "content": f"q{i} " * (i + 1)}, {"role": "assistant", "content": f"a{i} " * (3 + i)}]
+             for i in range(3)]
+    exs = [tokenize_chat(tiny_tokenizer, c) for c in convs]
+    exs[1] = replay.dataclasses.replace(exs[1], distill=True)  # only the middle example is replay
+    b = make_batch(exs, [0, 1, 2], tiny_tokenizer.pad_token_id, 128 if packed else None)
+    assert b.distill is not None and int(b.distill.sum()) == len(exs[1].input_ids)
+    model = _lora_model(tiny_model_dir, perturb=True)
+    with torch.no_grad():
+        args = (model, b.input_ids, b.attention_mask, b.labels, b.position_ids)
+        ce, n = supervised_loss_sum(*args)
+        both, n2 = supervised_loss_sum(*args, distill=b.distill, kl_weight=0.5)
+        # by hand: full logits of the tuned model and of the base (adapters off), at the replay example's positions
+        row, col, _ = supervised_rows(b.labels)
+        pick = b.distill[:, 1:][row, col]
+        kw = {"attention_mask": b.attention_mask} if not packed else {}
+        if packed:
+            from tunekit.train.loss import additive_mask
+            kw = {"attention_mask": additive_mask(b.attention_mask, torch.float32, model.config), "position_ids": b.position_ids}
+        tuned = model(input_ids=b.input_ids, **kw).logits[row[pick], col[pick]]
+        with model.disable_adapter():
+            base = model(input_ids=b.input_ids, **kw).logits[row[pick], col[pick]]
+        want = F.kl_div(F.log_softmax(tuned, -1), F.log_softmax(base, -1), log_target=True, reduction="sum")
+    assert n2 == n and float(want) > 1e-4
+    assert float(both - ce) == pytest.approx(0.5 * float(want), rel=1e-3)  # a difference of two float32 sums
+    fresh = _lora_model(tiny_model_dir, perturb=False)  # tuned == base: no KL at all
+    with torch.no_grad():
+        a, _ = supervised_loss_sum(fresh, *args[1:], distill=b.distill, kl_weight=1.0)
+        c, _ = supervised_loss_sum(fresh, *args[1:])
+    assert float(a - c) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_kl_needs_a_lora_method():
+    from tunekit.errors import ConfigError
+
+    with pytest.raises(Exception, match="train.replay.kl"):
+        Config.model_validate({"data": {"train": "x.jsonl"}, "method": {"kind": "full"}, "train": {"replay": {"kl": 1.0}}})
+    assert ConfigError

@@ -1,0 +1,201 @@
+"""Replay: general conversations mixed into training, so the tuned model keeps answering
+ordinary questions the way the base model did.
+
+Trained on one persona only, a small model learns that every question deserves a product
+answer (the demo's base model answered 113 of 178 general questions; tuned without replay,
+12). Replay shows it, in every batch, that other questions still get ordinary answers.
+
+Where the general conversations come from:
+- self-distillation (the default): the base model's own greedy answers to the bundled
+  general prompts (assets/replay_prompts.jsonl, written for tunekit; disjoint from the
+  forgetting check's questions). Answers cut off by the token cap are dropped, so no
+  example teaches stopping mid-sentence. They are generated once per base model and chat
+  template, and cached in the model store ($TUNEKIT_HOME/models/.replay/<key>.jsonl); the
+  default model's answers ship with tunekit (assets/replay/), so the demo never pays it.
+- `train.replay.file`: the user's own general chat data instead, read like training data.
+
+`train.replay.fraction` is the share of each epoch's examples that are replay: n domain
+examples get round(n * f / (1 - f)) replay examples, drawn without repeats while the pool
+lasts, deterministically from the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunekit import atomic
+from tunekit.data.records import load_records
+from tunekit.data.template import Tokenized, render, tokenize_chat
+from tunekit.errors import DataError
+from tunekit.progress import console
+
+ASSETS = Path(__file__).parent / "assets"
+PROMPTS_FILE = ASSETS / "replay_prompts.jsonl"
+SHIPPED = ASSETS / "replay"
+# Long enough for a few sentences or a short list; longer answers are dropped, not cut.
+MAX_NEW_TOKENS = 160
+GENERATION_BATCH = 64
+# Fixed so a shipped cache matches every machine; part of the cache key.
+_PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+          {"role": "user", "content": "R"}]
+
+
+@dataclass
+class ReplayPool:
+    """Complete general conversations to mix into training, and where they came from."""
+
+    conversations: list[list[dict]]
+    source: str  # "self-distillation" or the user's file
+    cache: str | None = None  # the cache file the answers came from (self-distillation)
+    generation_seconds: float | None = None  # what generating the answers cost, when it was paid
+    generated_now: bool = False
+    prompts: int = 0
+    dropped_unfinished: int = 0
+
+    def describe(self) -> str:
+        if self.source != "self-distillation":
+            return f"{len(self.conversations)} conversations from {self.source}"
+        how = "generated now" if self.generated_now else "cached"
+        cost = f", generation took {self.generation_seconds:.0f} s once for this base model" if self.generation_seconds else ""
+        return (f"{len(self.conversations)} base-model answers to general prompts ({how}{cost}; "
+                f"{self.dropped_unfinished} of {self.prompts} left out as unfinished at {MAX_NEW_TOKENS} tokens)")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _weights_digest(model_path: Path) -> str:
+    from tunekit.models.cache import read_manifest, weights_sha256
+
+    manifest = read_manifest(model_path) or {}
+    return manifest.get("weights_sha256") or weights_sha256(model_path)
+
+
+def cache_key(model_path: Path, tokenizer) -> str:
+    """Names the answers of one base model (its weights), chat template and prompt set."""
+    parts = [_weights_digest(Path(model_path)), _sha(render(tokenizer, _PROBE, add_generation_prompt=True).encode()),
+             _sha(PROMPTS_FILE.read_bytes()), str(MAX_NEW_TOKENS)]
+    return _sha("\n".join(parts).encode())[:20]
+
+
+def store_dir() -> Path:
+    from tunekit.models.cache import models_dir
+
+    return models_dir() / ".replay"
+
+
+def _read_cache(path: Path) -> ReplayPool | None:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        meta = json.loads(lines[0])["meta"]
+        convs = [json.loads(line)["messages"] for line in lines[1:] if line.strip()]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # unreadable: generated again and replaced
+    return ReplayPool(convs, "self-distillation", str(path), meta.get("generation_seconds"), False,
+                      meta.get("prompts", 0), meta.get("dropped_unfinished", 0))
+
+
+def cached_pool(model_path: Path, tokenizer) -> ReplayPool | None:
+    """The cached base-model answers for this model and template: the store's, else the shipped ones."""
+    key = cache_key(model_path, tokenizer)
+    for path in (store_dir() / f"{key}.jsonl", SHIPPED / f"{key}.jsonl"):
+        if path.is_file() and (pool := _read_cache(path)) is not None:
+            return pool
+    return None
+
+
+def load_prompts() -> list[dict]:
+    """The bundled general prompts: {"id", "skill", "messages"} (ending with a user turn)."""
+    return [json.loads(line) for line in PROMPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32") -> ReplayPool:
+    """Have the base model answer the general prompts, and cache the finished answers."""
+    from tunekit.eval.generate import greedy_outputs
+    from tunekit.hardware import for_inference
+    from tunekit.models.loading import load_model
+
+    prompts = load_prompts()
+    console.print(f"replay: the base model answers {len(prompts)} general prompts once; cached for later runs")
+    t0 = time.perf_counter()
+    model = for_inference(load_model(model_path, dtype), precision)
+    outputs = greedy_outputs(model, tokenizer, [p["messages"] for p in prompts], MAX_NEW_TOKENS, GENERATION_BATCH,
+                             "replay answers")
+    del model
+    seconds = round(time.perf_counter() - t0, 1)
+    rows = [{"id": p["id"], "skill": p["skill"], "messages": p["messages"] + [{"role": "assistant", "content": text}]}
+            for p, (text, finished) in zip(prompts, outputs, strict=True) if finished and text]
+    if not rows:
+        raise DataError(f"the base model finished none of its answers to {len(prompts)} general prompts within "
+                        f"{MAX_NEW_TOKENS} tokens, so there is nothing to replay; give your own general chat data as "
+                        "train.replay.file, or set train.replay.fraction: 0")
+    meta = {"key": cache_key(model_path, tokenizer), "model": str(model_path), "prompts": len(prompts),
+            "dropped_unfinished": len(prompts) - len(rows), "max_new_tokens": MAX_NEW_TOKENS,
+            "generation_seconds": seconds, "precision": precision.name, "device": precision.device.type}
+    path = store_dir() / f"{meta['key']}.jsonl"
+    atomic.write_jsonl(path, [{"meta": meta}, *rows])
+    return ReplayPool([r["messages"] for r in rows], "self-distillation", str(path), seconds, True, len(prompts),
+                      meta["dropped_unfinished"])
+
+
+def file_pool(path: str) -> ReplayPool:
+    """The user's own general conversations (train.replay.file), validated as training data is."""
+    records, rejects = load_records(path)
+    convs = [r.messages for r in records if r.messages]
+    if not convs:
+        why = f"; first problem at line {rejects[0].line}: {rejects[0].reason}: {rejects[0].detail}" if rejects else ""
+        raise DataError(f"train.replay.file {path} holds no usable conversations{why}")
+    if rejects:
+        console.print(f"[yellow]note[/] train.replay.file {path}: {len(rejects)} rows skipped "
+                      f"(first at line {rejects[0].line}: {rejects[0].reason})")
+    return ReplayPool(convs, path)
+
+
+def pool_for(cfg, model_path: Path, tokenizer, precision) -> ReplayPool | None:
+    """The run's replay conversations (None when train.replay.fraction is 0), generating the base
+    model's answers first when no cache has them."""
+    r = cfg.train.replay
+    if r.fraction <= 0:
+        return None
+    if r.file:
+        return file_pool(r.file)
+    return cached_pool(model_path, tokenizer) or generate_pool(model_path, tokenizer, precision, cfg.model.dtype)
+
+
+def replay_count(n_domain: int, fraction: float) -> int:
+    """Replay examples that make up `fraction` of an epoch beside n_domain domain examples."""
+    return 0 if fraction <= 0 else round(n_domain * fraction / (1 - fraction))
+
+
+def replay_examples(pool: ReplayPool, tokenizer, n_domain: int, fraction: float, max_length: int, seed: int,
+                    train_on: str = "all_assistant") -> list[Tokenized]:
+    """The replay examples of a run: `replay_count` of them from the pool, tokenised; a conversation
+    longer than data.max_length is skipped. Drawn without repeats until the pool runs out.
+
+    Self-distilled conversations carry loss on the base model's answer only (their earlier
+    assistant turns were written for the prompt set); a user's file follows data.train_on."""
+    if pool.source == "self-distillation":
+        train_on = "last_assistant"
+    want = replay_count(n_domain, fraction)
+    # Marked, so train.replay.kl can find their tokens in a batch (loss.distill_sum).
+    fitting = [dataclasses.replace(ex, distill=True) for ex in (tokenize_chat(tokenizer, c, train_on) for c in pool.conversations)
+               if len(ex.input_ids) <= max_length and ex.supervised]
+    if not want:
+        return []
+    if not fitting:
+        raise DataError(f"no replay conversation fits data.max_length {max_length}; raise it or set train.replay.fraction: 0")
+    rng = random.Random(seed * 7_919 + 14)
+    out: list[Tokenized] = []
+    for _ in range(math.ceil(want / len(fitting))):
+        order = list(range(len(fitting)))
+        rng.shuffle(order)
+        out += [fitting[i] for i in order]
+    return out[:want]
