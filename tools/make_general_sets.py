@@ -115,22 +115,21 @@ REPLAY_FACTS = [
 
 # Words for plurals, opposites and translations: (word, [answers]); first half check, second replay.
 PLURALS = [("mouse", ["mice"]), ("child", ["children"]), ("foot", ["feet"]), ("tooth", ["teeth"]),
-           ("woman", ["women"]), ("goose", ["geese"]), ("knife", ["knives"]), ("leaf", ["leaves"]),
-           # replay
-           ("man", None), ("person", None), ("wolf", None), ("ox", None), ("cactus", None), ("city", None),
-           ("box", None), ("baby", None)]
+           ("woman", ["women"]), ("goose", ["geese"]), ("knife", ["knives"]), ("leaf", ["leaves"])]
 OPPOSITES = [("hot", ["cold"]), ("up", ["down"]), ("fast", ["slow"]), ("happy", ["sad", "unhappy"]),
              ("day", ["night"]), ("early", ["late"]), ("wet", ["dry"]), ("full", ["empty"]), ("big", ["small", "little"]),
-             ("inside", ["outside"]),
-             # replay
-             ("tall", None), ("rich", None), ("loud", None), ("hard", None), ("young", None), ("strong", None),
-             ("clean", None), ("thick", None), ("push", None), ("win", None)]
-SPANISH = [("hello", ["hola"]), ("thank you", ["gracias"]), ("cat", ["gato"]), ("water", ["agua"]), ("one", ["uno"]),
-           # replay
-           ("dog", None), ("house", None), ("good morning", None), ("red", None), ("friend", None)]
-FRENCH = [("hello", ["bonjour"]), ("thank you", ["merci"]), ("yes", ["oui"]),
-          # replay
-          ("goodbye", None), ("cheese", None), ("please", None)]
+             ("inside", ["outside"])]
+SPANISH = [("hello", ["hola"]), ("thank you", ["gracias"]), ("cat", ["gato"]), ("water", ["agua"]), ("one", ["uno"])]
+FRENCH = [("hello", ["bonjour"]), ("thank you", ["merci"]), ("yes", ["oui"])]
+# Replay's own words, with the answers that make a base-model answer worth replaying.
+PLURALS_REPLAY = [("man", ["men"]), ("person", ["people", "persons"]), ("wolf", ["wolves"]), ("ox", ["oxen"]),
+                  ("cactus", ["cacti", "cactuses"]), ("city", ["cities"]), ("box", ["boxes"]), ("baby", ["babies"])]
+OPPOSITES_REPLAY = [("tall", ["short"]), ("rich", ["poor"]), ("loud", ["quiet", "soft"]), ("hard", ["soft", "easy"]),
+                    ("young", ["old"]), ("strong", ["weak"]), ("clean", ["dirty"]), ("thick", ["thin"]),
+                    ("push", ["pull"]), ("win", ["lose"])]
+SPANISH_REPLAY = [("dog", ["perro"]), ("house", ["casa"]), ("good morning", ["buenos dias", "buenos días"]),
+                  ("red", ["rojo"]), ("friend", ["amigo", "amiga"])]
+FRENCH_REPLAY = [("goodbye", ["au revoir"]), ("cheese", ["fromage"]), ("please", ["s'il vous plaît", "s'il vous plait"])]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
@@ -233,6 +232,9 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+CHECK_PAIRS: set[frozenset] = set()  # the check's operand pairs; replay's arithmetic avoids them
+
+
 def check_items(rng: random.Random) -> list[dict]:
     items: list[tuple[str, list[dict], list[list[str]]]] = []
     for country, city in CAPITALS[:N_CHECK_CAPITALS]:
@@ -249,17 +251,18 @@ def check_items(rng: random.Random) -> list[dict]:
         if (op, a, b) in seen or (op in "+x" and (op, b, a) in seen):
             continue
         seen.add((op, a, b))
+        CHECK_PAIRS.add(frozenset((a, b)))
         value = a + b if op == "+" else a - b if op == "-" else a * b
         sign = {"+": "plus", "-": "minus", "x": "times"}[op]
         text = rng.choice([f"What is {a} {sign} {b}?", f"What is {a} {'+-*'['+-x'.index(op)]} {b}?"])
         items.append(("arithmetic", _user(text), [_num_answers(value)]))
-    for word, alts in [p for p in PLURALS if p[1]]:
+    for word, alts in PLURALS:
         items.append(("instructions", _user(f"What is the plural of the word '{word}'?"), [alts]))
-    for word, alts in [p for p in OPPOSITES if p[1]]:
+    for word, alts in OPPOSITES:
         items.append(("instructions", _user(f"What is the opposite of '{word}'?"), [alts]))
-    for word, alts in [p for p in SPANISH if p[1]]:
+    for word, alts in SPANISH:
         items.append(("instructions", _user(f"How do you say '{word}' in Spanish?"), [alts]))
-    for word, alts in [p for p in FRENCH if p[1]]:
+    for word, alts in FRENCH:
         items.append(("instructions", _user(f"How do you say '{word}' in French?"), [alts]))
     for i in (0, 2, 4):
         items.append(("instructions", _user(f"Which day of the week comes after {DAYS[i]}?"), [[DAYS[i + 1]]]))
@@ -305,6 +308,7 @@ def check_items(rng: random.Random) -> list[dict]:
                                      {"role": "assistant", "content": f"{city} is a great place to live."},
                                      {"role": "user", "content": "Which city do I live in?"}], [[city]]))
     for a, b in ((3, 4), (10, 5)):
+        CHECK_PAIRS.add(frozenset((a, b)))
         items.append(("multi_turn", [{"role": "user", "content": f"I have {a} apples."},
                                      {"role": "assistant", "content": f"Okay, you have {a} apples."},
                                      {"role": "user", "content": f"If I buy {b} more, how many apples do I have?"}],
@@ -314,35 +318,40 @@ def check_items(rng: random.Random) -> list[dict]:
 
 
 def replay_prompts(rng: random.Random) -> list[dict]:
-    out: list[tuple[str, list[dict]]] = []
-    for country, _ in CAPITALS[N_CHECK_CAPITALS:]:
+    """Each row may carry `required` where the right answer is known: replay keeps a base-model
+    answer only when it states it, so the tuned model is not taught the base model's mistakes."""
+    out: list[tuple[str, list[dict], list | None]] = []
+    for country, city in CAPITALS[N_CHECK_CAPITALS:]:
         out.append(("facts", _user(rng.choice([f"What is the capital of {country}?", f"Name the capital city of {country}.",
-                                               f"Which city is the capital of {country}?"]))))
+                                               f"Which city is the capital of {country}?"])), [[city]]))
         out.append(("facts", _user(rng.choice([f"What language do people speak in {country}?",
-                                               f"Tell me one interesting fact about {country}."]))))
-    out += [("facts", _user(q)) for q in REPLAY_FACTS]
-    # As easy as the check's sums (the base model answers those best), but one operand is always
-    # 13-25, outside the check's 2-12, so no replay prompt holds the check's operands.
-    while sum(s == "arithmetic" for s, _ in out) < 70:
-        a, b = rng.randint(13, 25), rng.randint(1, 9)
-        op = rng.choice(["plus", "minus", "times", "+", "-"])
-        if op == "times":
-            b = rng.randint(2, 4)
-        a, b = (b, a) if op in ("plus", "+", "times") and rng.random() < 0.5 else (a, b)
-        text = rng.choice([f"What is {a} {op} {b}?", f"Calculate {a} {op} {b}.", f"What does {a} {op} {b} equal?"])
-        if ("arithmetic", _user(text)) in out:
+                                               f"Tell me one interesting fact about {country}."])), None))
+    out += [("facts", _user(q), None) for q in REPLAY_FACTS]
+    # The check's kind of sums, with operand pairs the check does not use (the same pair is the same sum).
+    while sum(s == "arithmetic" for s, _, _ in out) < 90:
+        a, b = rng.randint(1, 15), rng.randint(1, 15)
+        op = rng.choice(["plus", "minus", "times", "+", "-", "*"])
+        if op in ("minus", "-") and a < b:
+            a, b = b, a
+        if a == b or frozenset((a, b)) in CHECK_PAIRS:
             continue
-        out.append(("arithmetic", _user(text)))
-    for n in rng.sample(range(21, 100), 10):
-        out.append(("arithmetic", _user(rng.choice([f"Is {n} an even or an odd number?", f"What is half of {2 * n}?"]))))
-    for word, _ in [p for p in PLURALS if not p[1]]:
-        out.append(("instructions", _user(f"Give the plural form of '{word}'.")))
-    for word, _ in [p for p in OPPOSITES if not p[1]]:
-        out.append(("instructions", _user(f"Give a word that means the opposite of '{word}'.")))
-    for word, _ in [p for p in SPANISH if not p[1]]:
-        out.append(("instructions", _user(f"Translate '{word}' into Spanish.")))
-    for word, _ in [p for p in FRENCH if not p[1]]:
-        out.append(("instructions", _user(f"Translate '{word}' into French.")))
+        value = a + b if op in ("plus", "+") else a - b if op in ("minus", "-") else a * b
+        text = rng.choice([f"What is {a} {op} {b}?", f"Calculate {a} {op} {b}.", f"What does {a} {op} {b} equal?"])
+        if any(m == _user(text) for _, m, _ in out):
+            continue
+        out.append(("arithmetic", _user(text), [_num_answers(value)]))
+    for n in rng.sample(range(31, 100), 10):
+        even = "even" if n % 2 == 0 else "odd"
+        out.append(("arithmetic", *rng.choice([(_user(f"Is {n} an even or an odd number?"), [[even]]),
+                                               (_user(f"What is half of {2 * n}?"), [[str(n)]])])))
+    for word, alts in PLURALS_REPLAY:
+        out.append(("instructions", _user(f"Give the plural form of '{word}'."), [alts]))
+    for word, alts in OPPOSITES_REPLAY:
+        out.append(("instructions", _user(f"Give a word that means the opposite of '{word}'."), [alts]))
+    for word, alts in SPANISH_REPLAY:
+        out.append(("instructions", _user(f"Translate '{word}' into Spanish."), [alts]))
+    for word, alts in FRENCH_REPLAY:
+        out.append(("instructions", _user(f"Translate '{word}' into French."), [alts]))
     for topic in TOPICS:
         out.append(("instructions", _user(rng.choice([f"Write one sentence about {topic}.", f"Write a short poem about {topic}.",
                                                       f"Describe {topic} in two sentences."]))))
@@ -397,7 +406,11 @@ def replay_prompts(rng: random.Random) -> list[dict]:
         out.append(("multi_turn", [{"role": "user", "content": f"Write one sentence about {topic}."},
                                    {"role": "assistant", "content": f"Here is a sentence about {topic}: it is worth a closer look."},
                                    {"role": "user", "content": "Now make it shorter."}]))
-    return [{"id": f"r{i + 1:03d}", "skill": skill, "messages": msgs} for i, (skill, msgs) in enumerate(out)]
+    rows = []
+    for i, (skill, msgs, *req) in enumerate(out):
+        row = {"id": f"r{i + 1:03d}", "skill": skill, "messages": msgs}
+        rows.append({**row, "required": req[0]} if req and req[0] else row)
+    return rows
 
 
 def main() -> None:

@@ -19,15 +19,20 @@ PROMPTS = [
     {"id": "r1", "skill": "facts", "messages": [{"role": "user", "content": "Name a large river."}]},
     {"id": "r2", "skill": "chat", "messages": [{"role": "user", "content": "Hello there!"}]},
     {"id": "r3", "skill": "arithmetic", "messages": [{"role": "user", "content": "What is 40 plus 2?"}]},
+    {"id": "r5", "skill": "arithmetic", "messages": [{"role": "user", "content": "What is 1 plus 2?"}], "required": [["3"]]},
+    {"id": "r6", "skill": "arithmetic", "messages": [{"role": "user", "content": "What is 2 plus 2?"}], "required": [["4"]]},
     {"id": "r4", "skill": "multi_turn", "messages": [{"role": "user", "content": "I like tea."},
                                                      {"role": "assistant", "content": "Tea is nice."},
                                                      {"role": "user", "content": "Suggest a snack."}]},
 ]
 
+MULTI_TURN = next(p for p in PROMPTS if p["skill"] == "multi_turn")
+
 
 @pytest.fixture
 def fake_generation(tmp_path, monkeypatch, offline_home):
-    """Four bundled prompts, and a generator that answers all but one (cut off at the cap), counting its calls."""
+    """Six bundled prompts, and a generator that leaves one answer unfinished at the cap and gets one
+    known sum wrong, counting its calls."""
     import tunekit.eval.generate as generate
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
@@ -37,7 +42,8 @@ def fake_generation(tmp_path, monkeypatch, offline_home):
 
     def outputs(model, tokenizer, conversations, max_new_tokens, batch_size, label):
         calls.append(len(conversations))
-        return [(f"answer {i}", i != 2) for i in range(len(conversations))]
+        said = {"What is 1 plus 2?": "1 + 2 = 3.", "What is 2 plus 2?": "2 + 2 = 5."}
+        return [(said.get(c[-1]["content"], f"answer {i}"), i != 2) for i, c in enumerate(conversations)]
 
     monkeypatch.setattr(generate, "greedy_outputs", outputs)
     return calls
@@ -55,17 +61,20 @@ def test_replay_count():
 
 def test_answers_are_built_cached_and_reused(fake_generation, tiny_model_dir, tiny_tokenizer):
     pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
-    assert fake_generation == [4] and pool.generated_now
-    assert pool.prompts == 4 and pool.dropped_unfinished == 1 and len(pool.conversations) == 3
+    assert fake_generation == [6] and pool.generated_now
+    assert pool.prompts == 6 and pool.dropped_unfinished == 1 and pool.dropped_wrong == 1 and len(pool.conversations) == 4
     assert pool.conversations[0] == PROMPTS[0]["messages"] + [{"role": "assistant", "content": "answer 0"}]
-    assert pool.conversations[2][:-1] == PROMPTS[3]["messages"]  # the unfinished third answer is left out
+    asked = [c[-2]["content"] for c in pool.conversations]
+    assert "What is 40 plus 2?" not in asked  # unfinished at the cap
+    assert "What is 1 plus 2?" in asked and "What is 2 plus 2?" not in asked  # a known answer stated, and a wrong one
     cache = replay.store_dir() / f"{replay.cache_key(tiny_model_dir, tiny_tokenizer)}.jsonl"
     assert pool.cache == str(cache) and cache.is_file()
     meta = json.loads(cache.read_text().splitlines()[0])["meta"]
-    assert meta["prompts"] == 4 and meta["dropped_unfinished"] == 1 and meta["generation_seconds"] >= 0
+    assert meta["prompts"] == 6 and meta["dropped_unfinished"] == 1 and meta["dropped_wrong"] == 1
+    assert meta["generation_seconds"] >= 0
 
     again = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
-    assert fake_generation == [4] and not again.generated_now  # read back, not generated again
+    assert fake_generation == [6] and not again.generated_now  # read back, not generated again
     assert again.conversations == pool.conversations and again.generation_seconds == pool.generation_seconds
 
 
@@ -74,7 +83,7 @@ def test_a_shipped_cache_is_used_when_the_store_has_none(fake_generation, tiny_m
     replay.SHIPPED.mkdir()
     shutil.move(first.cache, replay.SHIPPED)
     pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
-    assert fake_generation == [4] and pool.cache.startswith(str(replay.SHIPPED)) and not pool.generated_now
+    assert fake_generation == [6] and pool.cache.startswith(str(replay.SHIPPED)) and not pool.generated_now
 
 
 def test_the_cache_key_follows_the_weights_the_template_and_the_prompts(tmp_path, tiny_model_dir, tiny_tokenizer,
@@ -104,7 +113,7 @@ def test_no_finished_answer_is_a_clear_error(fake_generation, tiny_model_dir, ti
     import tunekit.eval.generate as generate
 
     monkeypatch.setattr(generate, "greedy_outputs", lambda m, t, convs, *a: [("rambling", False)] * len(convs))
-    with pytest.raises(DataError, match="finished none of its answers.*train.replay.fraction: 0"):
+    with pytest.raises(DataError, match="no usable answer to 6 general prompts \\(6 unfinished.*train.replay.fraction: 0"):
         replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
 
 
@@ -123,7 +132,7 @@ def test_examples_are_deterministic_without_repeats_until_the_pool_runs_out(tiny
 
 
 def test_self_distilled_examples_learn_only_the_base_models_answer(tiny_tokenizer):
-    conv = PROMPTS[3]["messages"] + [{"role": "assistant", "content": "Biscuits."}]
+    conv = MULTI_TURN["messages"] + [{"role": "assistant", "content": "Biscuits."}]
     [ex] = replay.replay_examples(replay.ReplayPool([conv], "self-distillation"), tiny_tokenizer, 1, 0.5, 512, 0)
     learned = tiny_tokenizer.decode([t for t in ex.labels if t != IGNORE])
     assert "Biscuits." in learned and "Tea is nice." not in learned
@@ -162,9 +171,9 @@ def test_a_run_mixes_replay_into_training_and_records_it(tmp_path, tiny_model_di
     want = round(n_domain * 0.2 / 0.8)
     assert result["train_examples"] == n_domain + want
     assert result["replay"] == {"fraction": 0.2, "kl": 0.0, "examples": want, "domain_examples": n_domain, "source": "self-distillation",
-                                "pool": 3, "cache": result["replay"]["cache"], "generated_now": True,
-                                "generation_seconds": result["replay"]["generation_seconds"], "prompts": 4,
-                                "dropped_unfinished": 1}
+                                "pool": 4, "cache": result["replay"]["cache"], "generated_now": True,
+                                "generation_seconds": result["replay"]["generation_seconds"], "prompts": 6,
+                                "dropped_unfinished": 1, "dropped_wrong": 1}
     assert json.loads((run / "train_state.json").read_text())["replay"]["examples"] == want
     from tunekit.eval.report import build_sections
 

@@ -9,7 +9,9 @@ Where the general conversations come from:
 - self-distillation (the default): the base model's own greedy answers to the bundled
   general prompts (assets/replay_prompts.jsonl, written for tunekit; disjoint from the
   forgetting check's questions). Answers cut off by the token cap are dropped, so no
-  example teaches stopping mid-sentence. They are generated once per base model and chat
+  example teaches stopping mid-sentence; so are answers to prompts whose right answer is
+  known (`required`, as held-out items) that do not state it: a 135M model gets most
+  two-number sums wrong, and replaying them would teach its mistakes, not its skills. They are generated once per base model and chat
   template, and cached in the model store ($TUNEKIT_HOME/models/.replay/<key>.jsonl); the
   default model's answers ship with tunekit (assets/replay/), so the demo never pays it.
 - `train.replay.file`: the user's own general chat data instead, read like training data.
@@ -34,6 +36,7 @@ from tunekit import atomic
 from tunekit.data.records import load_records
 from tunekit.data.template import Tokenized, render, tokenize_chat
 from tunekit.errors import DataError
+from tunekit.eval.metrics import states_facts
 from tunekit.progress import console
 
 ASSETS = Path(__file__).parent / "assets"
@@ -58,14 +61,16 @@ class ReplayPool:
     generated_now: bool = False
     prompts: int = 0
     dropped_unfinished: int = 0
+    dropped_wrong: int = 0
 
     def describe(self) -> str:
         if self.source != "self-distillation":
             return f"{len(self.conversations)} conversations from {self.source}"
         how = "generated now" if self.generated_now else "cached"
         cost = f", generation took {self.generation_seconds:.0f} s once for this base model" if self.generation_seconds else ""
-        return (f"{len(self.conversations)} base-model answers to general prompts ({how}{cost}; "
-                f"{self.dropped_unfinished} of {self.prompts} left out as unfinished at {MAX_NEW_TOKENS} tokens)")
+        return (f"{len(self.conversations)} base-model answers to {self.prompts} general prompts ({how}{cost}; "
+                f"left out: {self.dropped_unfinished} unfinished at {MAX_NEW_TOKENS} tokens, "
+                f"{self.dropped_wrong} not stating a known answer)")
 
 
 def _sha(data: bytes) -> str:
@@ -100,7 +105,7 @@ def _read_cache(path: Path) -> ReplayPool | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None  # unreadable: generated again and replaced
     return ReplayPool(convs, "self-distillation", str(path), meta.get("generation_seconds"), False,
-                      meta.get("prompts", 0), meta.get("dropped_unfinished", 0))
+                      meta.get("prompts", 0), meta.get("dropped_unfinished", 0), meta.get("dropped_wrong", 0))
 
 
 def cached_pool(model_path: Path, tokenizer) -> ReplayPool | None:
@@ -113,7 +118,8 @@ def cached_pool(model_path: Path, tokenizer) -> ReplayPool | None:
 
 
 def load_prompts() -> list[dict]:
-    """The bundled general prompts: {"id", "skill", "messages"} (ending with a user turn)."""
+    """The bundled general prompts: {"id", "skill", "messages"} (ending with a user turn), and
+    "required" (groups of accepted answers, as held-out items) where the right answer is known."""
     return [json.loads(line) for line in PROMPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -131,19 +137,23 @@ def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32"
                              "replay answers")
     del model
     seconds = round(time.perf_counter() - t0, 1)
+    finished = [(p, text) for p, (text, done) in zip(prompts, outputs, strict=True) if done and text]
+    right = [(p, text) for p, text in finished if not p.get("required") or states_facts(text, p["required"])]
     rows = [{"id": p["id"], "skill": p["skill"], "messages": p["messages"] + [{"role": "assistant", "content": text}]}
-            for p, (text, finished) in zip(prompts, outputs, strict=True) if finished and text]
+            for p, text in right]
     if not rows:
-        raise DataError(f"the base model finished none of its answers to {len(prompts)} general prompts within "
-                        f"{MAX_NEW_TOKENS} tokens, so there is nothing to replay; give your own general chat data as "
-                        "train.replay.file, or set train.replay.fraction: 0")
+        raise DataError(f"the base model gave no usable answer to {len(prompts)} general prompts "
+                        f"({len(prompts) - len(finished)} unfinished within {MAX_NEW_TOKENS} tokens, "
+                        f"{len(finished)} not stating a known answer), so there is nothing to replay; give your own "
+                        "general chat data as train.replay.file, or set train.replay.fraction: 0")
     meta = {"key": cache_key(model_path, tokenizer), "model": str(model_path), "prompts": len(prompts),
-            "dropped_unfinished": len(prompts) - len(rows), "max_new_tokens": MAX_NEW_TOKENS,
+            "dropped_unfinished": len(prompts) - len(finished), "dropped_wrong": len(finished) - len(rows),
+            "max_new_tokens": MAX_NEW_TOKENS,
             "generation_seconds": seconds, "precision": precision.name, "device": precision.device.type}
     path = store_dir() / f"{meta['key']}.jsonl"
     atomic.write_jsonl(path, [{"meta": meta}, *rows])
     return ReplayPool([r["messages"] for r in rows], "self-distillation", str(path), seconds, True, len(prompts),
-                      meta["dropped_unfinished"])
+                      meta["dropped_unfinished"], meta["dropped_wrong"])
 
 
 def file_pool(path: str) -> ReplayPool:
