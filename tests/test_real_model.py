@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,9 @@ def test_prepare_train_eval_on_real_model(real_model, tmp_path, monkeypatch):
     replay = result["replay"]
     assert replay["examples"] == 6 and replay["domain_examples"] == 23
     # The default model's answers ship with the package: the cache key matches this machine's copy.
-    assert not replay["generated_now"] and "/assets/replay/" in replay["cache"], replay
+    from tunekit.train.replay import SHIPPED
+
+    assert not replay["generated_now"] and (SHIPPED / Path(replay["cache"]).name).is_file(), replay
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics]
     assert [m["step"] for m in metrics] == [1, 2]

@@ -53,6 +53,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
     """Time `steps` representative steps of the run; returns the plan, also written to <run>/plan/plan.json."""
     # From the model load on, as in a `tunekit train` process: model load, steps, evaluation.
     s = setup_training(cfg, run_dir, model_path, tokenizer, before_model=_reset_peak)
+    replayed = replay_state(cfg, s)
     train_ex, valid_ex, device, precision, model, summary = s.train_ex, s.valid_ex, s.device, s.precision, s.model, s.summary
     params, plan, optimizer, scheduler, scaler = s.params, s.plan, s.optimizer, s.scheduler, s.scaler
     pack_to = cfg.data.max_length if cfg.data.packing else None
@@ -108,7 +109,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
                     "precision_reason": precision.reason,
                     "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
         "method": summary.describe(),
-        "replay": replay_state(cfg, s),
+        "replay": replayed,
     }
     atomic.write_json(run_dir / "plan" / "plan.json", result)
     return result
