@@ -103,7 +103,7 @@ def test_scores_schema_with_facts_and_forgetting(trained, capsys):
     f = scores["forgetting"]
     assert set(f) == {"questions_file", "general_score", "general_correct", "n_questions", "difference", "kept", "kept_ci95",
                       "by_skill", "text_source", "text_tokens", "perplexity", "perplexity_change", "questions", "flagged",
-                      "why", "notes"}
+                      "why", "notes", "seconds"}
     assert f["text_tokens"] > 1000 and set(f["perplexity"]) == {"base", "tuned"}
     assert f["perplexity_change"] == pytest.approx(f["perplexity"]["tuned"] / f["perplexity"]["base"] - 1)
     assert len(f["questions"]) == f["n_questions"] >= 150 and isinstance(f["flagged"], bool) and f["why"]

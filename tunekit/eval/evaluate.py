@@ -199,7 +199,9 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         index = ShotIndex(shots)
         prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
         answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
+    t_check = time.perf_counter()
     base_probe = forgetting.probe(model, tokenizer, bs, "base") if check_forgetting else None
+    t_check = time.perf_counter() - t_check
     forgot: dict = {}
     if "tuned" in cfg.eval.contenders:
         del model
@@ -210,8 +212,10 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         if questions:
             answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
         if base_probe is not None:
-            forgot = forgetting.compare(base_probe, forgetting.probe(model, tokenizer, bs, "tuned"),
-                                        cfg.eval.forgetting_threshold, cfg.seed)
+            t0 = time.perf_counter()
+            tuned_probe = forgetting.probe(model, tokenizer, bs, "tuned")
+            forgot = forgetting.compare(base_probe, tuned_probe, cfg.eval.forgetting_threshold, cfg.seed)
+            forgot["seconds"] = round(t_check + time.perf_counter() - t0, 1)  # both probes: what the check costs
     del model
 
     values, per_item = score_items([it.extra for it in items], answers)

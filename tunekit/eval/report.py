@@ -303,6 +303,8 @@ def _forgetting_section(f: dict) -> list[dict]:
     items += [f"general questions the {_label(c)} answered right: {right[c]} of {len(questions)}" for c in ("base", "tuned") if c in right]
     items += [f"{skill}: base {row.get('base', 0)}, tuned {row.get('tuned', 0)} of {row.get('questions', 0)}"
               for skill, row in (f.get("by_skill") or {}).items()]
+    if f.get("seconds") is not None:
+        items.append(f"the check took {f['seconds']:.0f} s (both models)")
     blocks += [{"kind": "list", "items": items}] if items else []
 
     def cells(q: dict) -> list[str]:
