@@ -124,8 +124,9 @@ def compare(base: dict, tuned: dict, threshold: float, seed: int = 0) -> dict:
     notes = []
     if ppl_change > threshold:
         notes.append(f"general-text perplexity rose {ppl_change:+.0%} ({base['perplexity']:.1f} -> {tuned['perplexity']:.1f}): "
-                     "the tuned model finds ordinary prose less likely, though it answers general questions "
-                     + ("as the base does" if not flagged else "worse"))
+                     "the tuned model finds ordinary prose less likely"
+                     + (", and it answers general questions worse too" if flagged else
+                        ", though the general questions do not show a loss beyond the threshold"))
     return {
         "questions_file": QUESTIONS_FILE.name,
         "general_score": {"base": mean(base["correct"]), "tuned": mean(tuned["correct"])},
