@@ -232,6 +232,11 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def _word_tasks(tables: list[tuple[list, str]]) -> list[tuple]:
+    """("instructions", question, required) for every (word, answers) of each table, asked with its wording."""
+    return [("instructions", _user(ask.format(word)), [alts]) for words, ask in tables for word, alts in words]
+
+
 CHECK_PAIRS: set[frozenset] = set()  # the check's operand pairs; replay's arithmetic avoids them
 
 
@@ -256,14 +261,8 @@ def check_items(rng: random.Random) -> list[dict]:
         sign = {"+": "plus", "-": "minus", "x": "times"}[op]
         text = rng.choice([f"What is {a} {sign} {b}?", f"What is {a} {'+-*'['+-x'.index(op)]} {b}?"])
         items.append(("arithmetic", _user(text), [_num_answers(value)]))
-    for word, alts in PLURALS:
-        items.append(("instructions", _user(f"What is the plural of the word '{word}'?"), [alts]))
-    for word, alts in OPPOSITES:
-        items.append(("instructions", _user(f"What is the opposite of '{word}'?"), [alts]))
-    for word, alts in SPANISH:
-        items.append(("instructions", _user(f"How do you say '{word}' in Spanish?"), [alts]))
-    for word, alts in FRENCH:
-        items.append(("instructions", _user(f"How do you say '{word}' in French?"), [alts]))
+    items += _word_tasks([(PLURALS, "What is the plural of the word '{}'?"), (OPPOSITES, "What is the opposite of '{}'?"),
+                          (SPANISH, "How do you say '{}' in Spanish?"), (FRENCH, "How do you say '{}' in French?")])
     for i in (0, 2, 4):
         items.append(("instructions", _user(f"Which day of the week comes after {DAYS[i]}?"), [[DAYS[i + 1]]]))
     for i in (1, 5, 9):
@@ -344,14 +343,10 @@ def replay_prompts(rng: random.Random) -> list[dict]:
         even = "even" if n % 2 == 0 else "odd"
         out.append(("arithmetic", *rng.choice([(_user(f"Is {n} an even or an odd number?"), [[even]]),
                                                (_user(f"What is half of {2 * n}?"), [[str(n)]])])))
-    for word, alts in PLURALS_REPLAY:
-        out.append(("instructions", _user(f"Give the plural form of '{word}'."), [alts]))
-    for word, alts in OPPOSITES_REPLAY:
-        out.append(("instructions", _user(f"Give a word that means the opposite of '{word}'."), [alts]))
-    for word, alts in SPANISH_REPLAY:
-        out.append(("instructions", _user(f"Translate '{word}' into Spanish."), [alts]))
-    for word, alts in FRENCH_REPLAY:
-        out.append(("instructions", _user(f"Translate '{word}' into French."), [alts]))
+    # Other words, and other wordings, than the check's.
+    out += _word_tasks([(PLURALS_REPLAY, "Give the plural form of '{}'."),
+                        (OPPOSITES_REPLAY, "Give a word that means the opposite of '{}'."),
+                        (SPANISH_REPLAY, "Translate '{}' into Spanish."), (FRENCH_REPLAY, "Translate '{}' into French.")])
     for topic in TOPICS:
         out.append(("instructions", _user(rng.choice([f"Write one sentence about {topic}.", f"Write a short poem about {topic}.",
                                                       f"Describe {topic} in two sentences."]))))
