@@ -153,6 +153,39 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+# Attention on a CPU, by width and precision. SDPA's CPU flash kernel pays a fixed cost per call
+# (its backward most, and more in bf16), where written-out attention (transformers' "eager": two
+# matmuls and a softmax) grows with the square of the width. Forward and backward of SmolLM2-135M
+# with the demo's LoRA at batch 8 on a 2-core EPYC (bench/results/attention.md), eager against
+# sdpa: bf16 96 tokens 1.19 against 1.38 s, 192 2.69 against 2.89 s, 256 3.77 against 3.74 s;
+# fp32 160 tokens 3.87 against 4.04 s, 192 5.76 against 5.38 s. Below these widths, eager.
+EAGER_ATTENTION_BELOW = {"bf16": 224, "fp32": 176}
+
+
+@contextlib.contextmanager
+def attention_for(model, width: int, precision: Precision):
+    """Inside, `model` computes attention the faster way for rows of `width` tokens in `precision`.
+
+    Only a model loaded with "sdpa" (transformers' default) is switched, only on a CPU, only
+    below EAGER_ATTENTION_BELOW, and never one that soft-caps its attention scores (which only
+    the eager code applies): there both ways compute the same function, so the switch changes
+    time, not results beyond rounding. Keep the backward inside too: activation checkpointing
+    recomputes the forward there, and must recompute it the same way.
+    """
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    below = EAGER_ATTENTION_BELOW.get(precision.name, EAGER_ATTENTION_BELOW["fp32"])
+    if (precision.device.type != "cpu" or impl != "sdpa" or width >= below
+            or getattr(config, "attn_logit_softcapping", None)):
+        yield
+        return
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = impl
+
+
 def model_shapes(model_dir: str | Path | None) -> list[tuple[int, int, int]]:
     """(rows, in, out) of the matmuls that dominate a step of this model: attention and MLP
     projections at PROBE_ROWS tokens. Read from config.json; a generic 1024-wide model without one."""

@@ -112,11 +112,12 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
     step_loss = torch.zeros((), device=params[0].device)
     for b in batches:
         b, rows = to_device(b, params[0].device)
-        with precision.autocast():
-            loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows,
-                                              b.distill, kl_weight)
-        loss = loss_sum / n_sup
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        with hardware.attention_for(model, b.input_ids.shape[1], precision):  # backward too: see there
+            with precision.autocast():
+                loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows,
+                                                  b.distill, kl_weight)
+            loss = loss_sum / n_sup
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         step_loss += loss_sum.detach().float()
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -149,7 +150,7 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for s in range(0, len(order), batch_size):
         b, rows = to_device(make_batch(examples, order[s : s + batch_size], pad_id, pack_to), device)
-        with precision.autocast():
+        with precision.autocast(), hardware.attention_for(model, b.input_ids.shape[1], precision):
             loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows)
         total, count = total + loss.float(), count + n  # summed on the device: one sync at the end
     model.train(was_training)
