@@ -11,6 +11,7 @@ from tunekit.data.template import prompt_ids
 from tunekit.eval import generate as gen
 from tunekit.eval.generate import SharedPrefix, common_prefix, greedy_batch
 from tunekit.models.loading import load_model
+from tunekit.models.logits import OutputLayer, Post
 
 QUESTIONS = ["Hi", "Where do I rotate an API key? Thanks, that helps a lot.", "What does error RW-4031 mean?",
              "How much does the Crest plan cost per seat per month, and what is the refund window?",
@@ -179,7 +180,7 @@ def test_fallbacks_equal_generate(model, prompts, tiny_tokenizer, monkeypatch):
     sharing) answer the same."""
     stop, pad = {tiny_tokenizer.eos_token_id}, tiny_tokenizer.pad_token_id
     want = _generate(model, prompts, 8, stop, pad)
-    monkeypatch.setattr(gen, "_PLAIN_HEAD_TYPES", set())
+    monkeypatch.setattr(gen, "output_layer", lambda m: None)  # a family whose logits tunekit cannot reproduce
     assert gen._decoder_and_head(model) is None
     assert greedy_batch(model, prompts, 8, stop, pad) == want
     monkeypatch.setattr(gen, "_plain_layer_count", lambda m: 0)
@@ -192,8 +193,30 @@ def test_chunked_argmax_ties_go_to_the_lowest_index():
     w[70] = w[150] = torch.tensor([1.0, 0.0])  # row 0: tie across chunks (64 wide)
     w[65] = w[66] = torch.tensor([0.0, 2.0])  # row 1: tie within a chunk
     w[199] = torch.tensor([1.0, 1.5])  # row 2: maximum in the last, partial chunk (row 0: a third tie)
-    got = gen._chunked_argmax(h, w, None)
+    got = gen._chunked_argmax(h, _layer(w, None))
     assert got.tolist() == [70, 65, 199] == (h @ w.T).argmax(-1).tolist()
     bias = torch.zeros(200)
     bias[3] = 10.0
-    assert gen._chunked_argmax(h, w, bias).tolist() == [3, 3, 3]
+    assert gen._chunked_argmax(h, _layer(w, bias)).tolist() == [3, 3, 3]
+
+
+def test_chunked_argmax_applies_the_family_post_processing():
+    """A soft-cap saturates: two logits far above the cap become equal in fp32, and then the lower
+    index wins, as argmax over the model's own (capped) logits gives."""
+    h = torch.tensor([[1.0]])
+    w = torch.zeros(200, 1)
+    w[10], w[150] = 1e4, 2e4  # raw argmax: 150; capped at 1, both are tanh(huge) = 1.0
+    capped = gen._chunked_argmax(h, _layer(w, None, Post(softcap=1.0)))
+    assert capped.tolist() == [10] == Post(softcap=1.0).after(h @ w.T).argmax(-1).tolist()
+    assert gen._chunked_argmax(h, _layer(w, None)).tolist() == [150]
+    scaled = _layer(w, None, Post(scale_in=2.0, scale_out=-1.0))  # a negative scale reverses the order
+    assert gen._chunked_argmax(h, scaled).tolist() == scaled(h).argmax(-1).tolist() == [0]
+
+
+def _layer(w: torch.Tensor, bias: torch.Tensor | None, post: Post = Post()) -> OutputLayer:
+    head = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        if bias is not None:
+            head.bias.copy_(bias)
+    return OutputLayer(head, post)

@@ -46,13 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from tunekit.data.template import prompt_ids
+from tunekit.models.logits import OutputLayer, inner_model, output_layer
 from tunekit.progress import Bar
 
 # Rows of the output layer per matmul: 1024 x 64 rows of fp32 logits (256 KB) stay in the CPU cache.
 HEAD_CHUNK = 1024
-# Architectures whose causal-LM forward is exactly `lm_head(decoder(...))`: no logit scaling
-# or soft-capping that the chunked argmax would skip. Others go through `model(...)`.
-_PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
 # A prefill forward's fixed cost in padded prompt tokens (SmolLM2-135M on CPU): prompts are
 # grouped by length only where a group saves more padding than this.
 PREFILL_OVERHEAD = 16
@@ -179,29 +177,28 @@ def _plain_layer_count(model) -> int:
 
 
 def _decoder_and_head(model):
-    """(decoder, head weight, head bias) when the logits are exactly the decoder's last hidden state
-    through a plain linear layer; None otherwise (then `model(...)` computes the logits)."""
-    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
-        return None  # virtual tokens are added by the PEFT wrapper's forward, which the decoder would skip
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(inner.config, "model_type", None) not in _PLAIN_HEAD_TYPES:
-        return None
-    head = inner.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:  # e.g. a LoRA-wrapped head: its forward is more than the weight
-        return None
-    return inner.get_decoder(), head.weight, head.bias
+    """(decoder, output layer) when the logits can be made from the decoder's last hidden state
+    (models.logits, which also applies a family's soft-cap or scaling); None otherwise (then
+    `model(...)` computes the logits)."""
+    out = output_layer(model)
+    return None if out is None else (inner_model(model).get_decoder(), out)
 
 
-def _chunked_argmax(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """argmax(h @ weight.T + bias) over the vocabulary, HEAD_CHUNK rows of `weight` at a time.
+def _chunked_argmax(h: torch.Tensor, out: OutputLayer) -> torch.Tensor:
+    """argmax of `out(h)` over the vocabulary, HEAD_CHUNK rows of the output weight at a time.
 
-    The same logits as one matmul; ties go to the lowest index as in torch.argmax: the first
-    chunk holding the maximum wins, and within it torch.max's first index.
+    The same logits as one matmul, post-processed per chunk (elementwise, so the same values);
+    ties go to the lowest index as in torch.argmax: the first chunk holding the maximum wins,
+    and within it torch.max's first index. A LoRA-wrapped head runs whole.
     """
+    if not out.plain_linear:
+        return out(h).argmax(dim=-1)
+    weight, bias, post = out.head.weight, out.head.bias, out.post
+    h = post.before(h)
     values, indices = [], []
     for s in range(0, weight.shape[0], HEAD_CHUNK):
         logits = F.linear(h, weight[s : s + HEAD_CHUNK], None if bias is None else bias[s : s + HEAD_CHUNK])
-        v, i = logits.max(dim=-1)
+        v, i = (logits if post.identity else post.after(logits.float())).max(dim=-1)
         values.append(v)
         indices.append(i + s)
     which = torch.stack(values, dim=-1).argmax(dim=-1, keepdim=True)
@@ -212,9 +209,9 @@ def _next_tokens(model, parts, **inputs) -> torch.Tensor:
     """Greedy next token of every row after feeding `inputs` (ids, mask, positions, cache)."""
     if parts is None:
         return model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
-    decoder, weight, bias = parts
+    decoder, out = parts
     hidden = decoder(**inputs, use_cache=True).last_hidden_state[:, -1]
-    return _chunked_argmax(hidden, weight, bias)
+    return _chunked_argmax(hidden, out)
 
 
 def _prefill_groups(lengths: list[int]) -> list[tuple[int, int]]:

@@ -3,12 +3,15 @@
 A causal LM's full logits are batch x length x vocabulary floats (8 x 512 x 49152 x 4
 bytes = 800 MB for SmolLM2), most of them for prompt tokens that carry no loss. We run
 the decoder to hidden states, keep the rows whose next token is supervised, and apply
-the output layer to those rows a chunk at a time. The loss is returned as a *sum*; the
+the output layer to those rows a chunk at a time, with the family's own post-processing of
+logits (models/logits.py: soft-capping, scaling). The loss is returned as a *sum*; the
 caller divides by the supervised tokens of the whole optimiser step, so gradient
 accumulation gives the same loss as one big batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +19,28 @@ from torch.utils.checkpoint import checkpoint
 
 from tunekit.data.template import IGNORE
 from tunekit.errors import ModelError
+from tunekit.models.logits import inner_model, output_layer
 
 CHUNK = 1024
 
 
-def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The transformer body and output layer of a (possibly PEFT-wrapped) causal LM."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_decoder(), inner.get_output_embeddings()
+def body_and_head(model) -> tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """(body, head): `body(**inputs)` gives per-position vectors that `head` turns into fp32 logits.
+
+    Normally the decoder's last hidden states and the model's output layer with its family's
+    post-processing (models.logits: Gemma's soft-cap, Granite's and Cohere's scaling), so only
+    supervised rows meet the vocabulary. For a family whose logits tunekit cannot reproduce, the
+    model's own forward gives the full logits and `head` only casts: correct, with more memory.
+    """
+    out = output_layer(model)
+    if out is not None:
+        decoder = inner_model(model).get_decoder()
+        return (lambda **inputs: decoder(**inputs, use_cache=False).last_hidden_state), out
+    return (lambda **inputs: model(**inputs, use_cache=False).logits), _as_fp32
+
+
+def _as_fp32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float()
 
 
 def supervised_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,17 +66,17 @@ def supervised_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Te
     mask, `kl_weight` times the summed KL(base || tuned) of the supervised positions of those
     tokens is added (`distill_sum`).
     """
-    decoder, head = decoder_and_head(model)
+    body, head = body_and_head(model)
     mask = attention_mask
     if attention_mask.dim() == 4:
-        mask = additive_mask(attention_mask, decoder.get_input_embeddings().weight.dtype, decoder.config)
-    hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                     use_cache=False).last_hidden_state
+        inner = inner_model(model)
+        mask = additive_mask(attention_mask, inner.get_input_embeddings().weight.dtype, inner.config)
+    hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
     row, col, y = rows if rows is not None else supervised_rows(labels)
     h = hidden[row, col]  # the hidden state at each position whose next token is supervised
     total = _summed(_chunk_loss, head, h, y)
     if kl_weight and distill is not None:
-        total = total + kl_weight * distill_sum(model, decoder, head, (input_ids, mask, position_ids), h, row, col, distill)
+        total = total + kl_weight * distill_sum(model, body, head, (input_ids, mask, position_ids), h, row, col, distill)
     return total, int(y.numel())
 
 
@@ -76,10 +93,10 @@ def _summed(fn, head, h: torch.Tensor, *other: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def distill_sum(model, decoder, head, inputs: tuple, h: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+def distill_sum(model, body, head, inputs: tuple, h: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
                 distill: torch.Tensor) -> torch.Tensor:
     """Summed KL(base || tuned) of next-token distributions at the supervised positions `(row, col)`
-    whose target token is marked in `distill`; `h` holds the tuned hidden states there.
+    whose target token is marked in `distill`; `h` holds the tuned model's `body` output there.
 
         KL(p_base || p_tuned) = sum_v p_base(v) * (log p_base(v) - log p_tuned(v))
 
@@ -92,15 +109,14 @@ def distill_sum(model, decoder, head, inputs: tuple, h: torch.Tensor, row: torch
     sub, where = torch.unique(r, return_inverse=True)  # the batch rows to run, and each position's row among them
     ids, mask, positions = inputs
     with torch.no_grad(), model.disable_adapter():
-        base = decoder(input_ids=ids[sub], attention_mask=mask[sub],
-                       position_ids=None if positions is None else positions[sub], use_cache=False).last_hidden_state
+        base = body(input_ids=ids[sub], attention_mask=mask[sub], position_ids=None if positions is None else positions[sub])
     return _summed(_chunk_kl, head, h, base[where, c])
 
 
 def _chunk_kl(head: torch.nn.Module, h: torch.Tensor, h_base: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        target = F.log_softmax(head(h_base).float(), dim=-1)
-    return F.kl_div(F.log_softmax(head(h).float(), dim=-1), target, log_target=True, reduction="sum")
+        target = F.log_softmax(head(h_base), dim=-1)
+    return F.kl_div(F.log_softmax(head(h), dim=-1), target, log_target=True, reduction="sum")
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, config) -> torch.Tensor:
@@ -118,5 +134,5 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, config) -> torch.Te
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _chunk_loss(head: torch.nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(h).float(), y, reduction="sum")
+def _chunk_loss(head, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(h), y, reduction="sum")
