@@ -10,7 +10,7 @@ from __future__ import annotations
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "granite", "cohere")
 
 _COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-               max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+               max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 
 
 def family_config(family: str, vocab_size: int):

@@ -286,7 +286,7 @@ def _cmd_data(args) -> int:
         raise ConfigError("give the data to inspect: `tunekit data inspect PATH`, or --config with data.train or data.mix")
     d, t = (cfg.data, cfg.train) if cfg else (None, None)
     model = args.model or (cfg.model.base if cfg else DEFAULT_MODEL)
-    tokenizer = load_tokenizer(resolve(model))
+    tokenizer = load_tokenizer(resolve(model), cfg.model.chat_template if cfg else "auto")
     last = [time.time()]
 
     def progress(n: int) -> None:

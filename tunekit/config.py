@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunekit.data.chat_templates import is_path_setting
 from tunekit.errors import ConfigError
 
 
@@ -26,6 +27,9 @@ class ModelConfig(_Section):
     base: str = "smollm2-135m-instruct"
     """Registry name, local HF folder, .gguf file or hub id."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    chat_template: str = "auto"
+    """The model's own template (auto; tunekit's plain-text `base` for a model without one), a named one
+    (chatml, llama3, gemma, mistral, phi3, base) or a Jinja file. Every stage and export uses it."""
 
 
 
@@ -361,6 +365,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Pa
             cfg.data.eval = _resolve_path(cfg.data.eval, base_dir)
         if cfg.train.replay.file:
             cfg.train.replay.file = _resolve_path(cfg.train.replay.file, base_dir)
+        if is_path_setting(cfg.model.chat_template):
+            cfg.model.chat_template = _resolve_path(cfg.model.chat_template, base_dir)
     return cfg
 
 

@@ -35,6 +35,8 @@ _NO_EFFECT = ("threads", "log_every", "save_every", "keep_last")
 def stage_hash(cfg: Config, stage: str) -> str:
     dumped = cfg.model_dump(mode="json")
     relevant = {k: dumped[k] for k in _DEPENDS[stage]}
+    if relevant["model"].get("chat_template") == "auto":  # as before the key existed: runs made then stay done
+        del relevant["model"]["chat_template"]
     if "train" in relevant:
         relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in _NO_EFFECT}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -83,8 +85,44 @@ def check_model_limits(cfg: Config) -> None:
                           f"lower data.max_length (at most {limit})")
 
 
+def settle_template(cfg: Config) -> Config:
+    """`model.chat_template: auto` for a model without a template of its own is tunekit's default,
+    written as such into the run's config.yaml: the later stages, chat and exports read there which
+    template the run trained with, and a template added to the model folder later changes nothing."""
+    from tunekit.data.chat_templates import resolved_setting
+    from tunekit.errors import TunekitError
+    from tunekit.models.catalog import has_chat_template
+
+    if cfg.model.chat_template != "auto":
+        return cfg
+    try:
+        folder = _resolve_model(cfg)
+    except TunekitError:
+        return cfg  # the stage that needs the model says why it cannot have it
+    setting = resolved_setting("auto", has_chat_template(folder))
+    if setting == "auto":
+        return cfg
+    settled = cfg.model_copy(deep=True)
+    settled.model.chat_template = setting
+    return settled
+
+
+def load_run_tokenizer(cfg: Config, path: Path):
+    """The base model's tokenizer with the run's chat template; says which when it is not the model's own."""
+    from tunekit.models.catalog import has_chat_template
+    from tunekit.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(path, cfg.model.chat_template)
+    if tokenizer.tunekit_template != "own":
+        why = "" if has_chat_template(path) else f", as {cfg.model.base} has no chat template of its own"
+        console.print(f"[bold]chat template[/] {tokenizer.tunekit_template} (model.chat_template in the run's config.yaml{why}; "
+                      f"every stage, chat and export use it)")
+    return tokenizer
+
+
 def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resume: bool = True) -> dict | None:
     """Run one stage unless it is already done with the same inputs."""
+    cfg = settle_template(cfg)
     if not force and is_done(cfg, run_dir, stage):
         console.print(f"[dim]{stage}: already done (use --force to redo)[/]")
         return None
@@ -112,9 +150,8 @@ def run_all(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True
 
 def _prepare(cfg: Config, run_dir: Path, **_) -> dict:
     from tunekit.data.prepare import prepare
-    from tunekit.models.loading import load_tokenizer
 
-    report = prepare(cfg, run_dir / "data", load_tokenizer(_resolve_model(cfg)))
+    report = prepare(cfg, run_dir / "data", load_run_tokenizer(cfg, _resolve_model(cfg)))
     console.print(f"kept {report['kept']} of {report['lines_read']} records (train {report['train']}, valid {report['valid']}); "
                   f"rejected {report['rejected']}: {report['rejects_by_reason']}")
     if len(report["sources"]) > 1:
@@ -128,14 +165,13 @@ def _prepare(cfg: Config, run_dir: Path, **_) -> dict:
 
 
 def _train(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True) -> dict:
-    from tunekit.models.loading import load_tokenizer
     from tunekit.train.loop import train
 
     if force:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     path = _resolve_model(cfg)
-    result = train(cfg, run_dir, path, load_tokenizer(path), resume=resume and not force, config_hash=stage_hash(cfg, "train"))
+    result = train(cfg, run_dir, path, load_run_tokenizer(cfg, path), resume=resume and not force, config_hash=stage_hash(cfg, "train"))
     console.print(f"trained {result['steps']} steps in {result['seconds']:.0f}s at {result['tokens_per_s']:.0f} tokens/s; "
                   f"peak memory {result['peak_rss_mb']} MB")
     return result
@@ -143,10 +179,9 @@ def _train(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True)
 
 def _eval(cfg: Config, run_dir: Path, **_) -> dict:
     from tunekit.eval.evaluate import evaluate
-    from tunekit.models.loading import load_tokenizer
 
     path = _resolve_model(cfg)
-    return evaluate(cfg, run_dir, path, load_tokenizer(path))
+    return evaluate(cfg, run_dir, path, load_run_tokenizer(cfg, path))
 
 
 def _report(cfg: Config, run_dir: Path, **_) -> dict:

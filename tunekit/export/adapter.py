@@ -47,7 +47,7 @@ def export_adapter(target: Target, out: Path, want: list[torch.Tensor] | None = 
     if target.adapter is None:
         raise CheckpointError(f"{target.label} holds full weights, not an adapter: there is no adapter to export; "
                               "use format 'merged' (or gguf/ollama)")
-    tokenizer = load_tokenizer(target.tokenizer)
+    tokenizer = load_tokenizer(target.tokenizer, target.chat_template)
     if want is None:
         base = load_model(target.model).to(pick_device())
         want = probe_logits(PeftModel.from_pretrained(base, str(target.adapter)).eval(), tokenizer)
@@ -56,6 +56,7 @@ def export_adapter(target: Target, out: Path, want: list[torch.Tensor] | None = 
         for name in ADAPTER_FILES + _EXTRA_FILES:
             if (target.adapter / name).is_file():
                 shutil.copy2(target.adapter / name, tmp / name)
+        tokenizer.save_pretrained(tmp)  # with the run's chat template: chat on the folder formats as training did
         if base_id:
             config = json.loads((tmp / "adapter_config.json").read_text())
             config["base_model_name_or_path"] = base_id

@@ -75,7 +75,7 @@ def merged_fp32(target: Target, questions: list[list[dict]] | None = None, answe
     before merging so the adapter model is never loaded twice."""
     from tunekit.models.loading import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(target.tokenizer)
+    tokenizer = load_tokenizer(target.tokenizer, target.chat_template)
     model = load_model(target.model, "float32").to(pick_device()).eval()
     if target.adapter is not None:
         from peft import PeftModel

@@ -87,7 +87,7 @@ def _safetensors_stats(folder: Path) -> tuple[int | None, list[str]]:
     return total, sorted(dtypes)
 
 
-def _has_chat_template(folder: Path) -> bool:
+def has_chat_template(folder: Path) -> bool:
     if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
         return True
     try:
@@ -139,7 +139,7 @@ def info(name: str) -> dict[str, Any]:
         "vocab_size": text.get("vocab_size"),
         "context_length": context_length(config),
         "dtype": ",".join(dtypes) or config.get("dtype") or config.get("torch_dtype"),
-        "chat_template": _has_chat_template(folder),
+        "chat_template": has_chat_template(folder),
         "source": manifest["source"] if manifest else {"kind": "local-folder", "path": str(folder)},
         "sha256": manifest.get("weights_sha256") if manifest else None,
         "size_bytes": folder_size(folder),

@@ -8,19 +8,20 @@ import torch
 
 from tunekit.errors import ModelError
 from tunekit.hardware import set_threads  # noqa: F401  (where the stages have always imported it from)
+from tunekit.data.chat_templates import apply_template
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, chat_template: str = "auto"):
+    """The tokenizer in `path` with the chat template `chat_template` (data/chat_templates.py) set on it."""
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the tokenizer from {path}: {e}") from None
-    if not tok.chat_template:
-        raise ModelError(f"the tokenizer in {path} has no chat template; tunekit trains chat models and needs one")
+    tok.tunekit_template = apply_template(tok, chat_template, source=str(path))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

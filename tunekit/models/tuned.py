@@ -36,6 +36,7 @@ class Target:
     adapter: Path | None = None  # PEFT adapter folder to put on `model`
     label: str = ""
     run_dir: Path | None = None
+    chat_template: str = "auto"  # model.chat_template: a run's setting, so chat and exports format as training did
 
 
 def run_config(run_dir: Path) -> dict:
@@ -89,12 +90,13 @@ def _run_target(run_dir: Path, base: str | None) -> Target:
         raise CheckpointError(f"{run_dir / 'config.yaml'} names no model.base; give the base with --base MODEL")
     base_dir = Path(resolve(base or recorded))
     label = run_dir.name
+    template = run_config(run_dir).get("model", {}).get("chat_template") or "auto"
     if (ckpt / "adapter_config.json").is_file():
         check_adapter(ckpt, base_dir)
-        return Target(model=base_dir, tokenizer=base_dir, adapter=ckpt, label=label, run_dir=run_dir)
+        return Target(model=base_dir, tokenizer=base_dir, adapter=ckpt, label=label, run_dir=run_dir, chat_template=template)
     if not (ckpt / "config.json").is_file():
         raise CheckpointError(f"checkpoint {ckpt} holds neither an adapter (adapter_config.json) nor full weights (config.json)")
-    return Target(model=ckpt, tokenizer=base_dir, label=label, run_dir=run_dir)
+    return Target(model=ckpt, tokenizer=base_dir, label=label, run_dir=run_dir, chat_template=template)
 
 
 def _adapter_target(adapter: Path, base: str | None) -> Target:
@@ -107,7 +109,9 @@ def _adapter_target(adapter: Path, base: str | None) -> Target:
                          f"base_model_name_or_path); name it with --base MODEL")
     base_dir = Path(resolve(base)) if base else _recorded_base(adapter, recorded)
     check_adapter(adapter, base_dir)
-    return Target(model=base_dir, tokenizer=base_dir, adapter=adapter, label=adapter.name)
+    # An exported adapter carries the tokenizer it was trained with, chat template included.
+    tokenizer = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+    return Target(model=base_dir, tokenizer=tokenizer, adapter=adapter, label=adapter.name)
 
 
 def _recorded_base(adapter: Path, recorded: str) -> Path:
@@ -247,7 +251,8 @@ def load_target(target: Target, dtype: str = "float32", precision: Precision = F
     greedy answer away from the one the eval scored."""
     from tunekit.models.loading import load_tokenizer
 
-    return load_answering(target.model, target.adapter, dtype, precision), load_tokenizer(target.tokenizer)
+    return (load_answering(target.model, target.adapter, dtype, precision),
+            load_tokenizer(target.tokenizer, target.chat_template))
 
 
 def run_precision(run_dir: Path | None, model_dir: Path, setting: str | None = None) -> Precision:

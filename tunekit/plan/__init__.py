@@ -25,7 +25,7 @@ def run_plan(cfg: Config, run_dir: Path, curve: bool = False, fractions: list[fl
     pipeline.run_stage(cfg, run_dir, "prepare")
     pipeline.check_model_limits(cfg)  # run_stage checks only when prepare runs
     path = Path(resolve(cfg.model.base))
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, pipeline.settle_template(cfg).model.chat_template)
     console.rule("[bold]plan")
     plan = probe(cfg, run_dir, path, tokenizer)
     for line in describe(plan):
