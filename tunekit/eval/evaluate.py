@@ -31,6 +31,7 @@ from tunekit.eval.fewshot import ShotIndex, few_shot_messages
 from tunekit.eval.generate import greedy_answers
 from tunekit.eval.metrics import (
     exact_match,
+    fact_clusters,
     is_json_reference,
     json_valid,
     mean,
@@ -72,15 +73,39 @@ def _reference_text(extra: dict) -> str | None:
     return ref if isinstance(ref, str) and ref.strip() else None
 
 
-def item_scorers(extra: dict) -> dict[str, Callable[[str], float]]:
+def fact_keys(extras: list[dict]) -> dict[str, list[list[str]]]:
+    """Each fact id's required answer groups, from the items that ask about that one fact alone."""
+    keys: dict[str, list[list[str]]] = {}
+    for e in extras:
+        facts = e.get("facts") or []
+        if len(facts) == 1 and e.get("required"):
+            keys.setdefault(str(facts[0]), e["required"])
+    return keys
+
+
+def other_facts_stated(answer: str, extra: dict, keys: dict[str, list[list[str]]]) -> int:
+    """How many facts other than the item's own the answer states in full. A fact that shares a
+    key with the item's own required answers is not counted: stating that key is the answer."""
+    own = {str(f) for f in extra.get("facts") or []}
+    mine = {alt.casefold() for group in extra.get("required") or [] for alt in group}
+    return sum(1 for fact, groups in keys.items()
+               if fact not in own and not any(alt.casefold() in mine for g in groups for alt in g)
+               and states_facts(answer, groups))
+
+
+def item_scorers(extra: dict, keys: dict[str, list[list[str]]] | None = None) -> dict[str, Callable[[str], float]]:
     """The metrics one held-out item supports, each a function from an answer to [0, 1]:
-    fact accuracy when it lists `required` facts; exact match, token F1 and ROUGE-L when it has a
+    fact accuracy when it lists `required` facts (with `keys` from `fact_keys`, an answer that
+    states more other facts than the item asks about is a list, not an answer, and is wrong);
+    exact match, token F1 and ROUGE-L when it has a
     reference (prepare keeps a given final assistant turn as `reference`); JSON validity when the
     reference is a JSON object/array or the item says "format": "json"; a regex match for "pattern"."""
     out: dict[str, Callable[[str], float]] = {}
     ref = _reference_text(extra)
     if extra.get("required"):
-        out["fact_accuracy"] = lambda a: float(states_facts(a, extra["required"]))
+        asked = max(len(extra.get("facts") or []), 1)
+        out["fact_accuracy"] = lambda a: float(states_facts(a, extra["required"])
+                                               and (not keys or other_facts_stated(a, extra, keys) <= asked))
     if ref is not None:
         out["exact_match"] = lambda a: exact_match(a, ref)
         out["token_f1"] = lambda a: token_f1(a, ref)
@@ -111,9 +136,10 @@ def score_items(extras: list[dict], answers: dict[str, list[str]]) -> tuple[dict
     Every contender answers every item, so a metric's lists are paired item by item."""
     values: dict[str, dict[str, list[float]]] = {}
     per_item = []
+    keys = fact_keys(extras)
     for i, extra in enumerate(extras):
         row = {}
-        for name, score in item_scorers(extra).items():
+        for name, score in item_scorers(extra, keys).items():
             row[name] = {c: score(a[i]) for c, a in answers.items()}
             column = values.setdefault(name, {})
             for c, v in row[name].items():
@@ -123,23 +149,38 @@ def score_items(extras: list[dict], answers: dict[str, list[str]]) -> tuple[dict
     return {m: values[m] for m in sorted(values, key=order.index)}, per_item
 
 
-def differences(values: dict[str, list[float]], seed: int) -> dict:
-    """Tuned minus each other contender on one metric, with a paired-bootstrap 95% interval."""
+def answer_stats(extras: list[dict], answers: dict[str, list[str]]) -> dict:
+    """Per contender: the mean answer length in words, and where items carry fact ids, the share of
+    answers stating some other fact in full (a model listing every key it knows shows here)."""
+    keys = fact_keys(extras)
+    out = {"answer_words": {c: mean([len(x.split()) for x in a]) for c, a in answers.items()}}
+    labelled = [i for i, e in enumerate(extras) if e.get("facts") and e.get("required")]
+    if keys and labelled:
+        out["other_fact_rate"] = {c: mean([float(other_facts_stated(a[i], extras[i], keys) > 0) for i in labelled])
+                                  for c, a in answers.items()}
+    return out
+
+
+def differences(values: dict[str, list[float]], seed: int, clusters: list[int] | None = None) -> dict:
+    """Tuned minus each other contender on one metric, with a paired-bootstrap 95% interval
+    (over clusters of items sharing a fact, when `clusters` gives them)."""
     out = {}
     if "tuned" not in values:
         return out
     for other in ("base", "few_shot"):
         if other in values:
-            lo, hi = paired_bootstrap(values["tuned"], values[other], seed=seed)
+            lo, hi = paired_bootstrap(values["tuned"], values[other], seed=seed, clusters=clusters)
             out[f"tuned_minus_{other}"] = {"diff": mean(values["tuned"]) - mean(values[other]), "ci95": [lo, hi]}
     return out
 
 
-def summarise(values: dict, per_item: list[dict], seed: int) -> dict:
-    """The answer-metric part of scores.json (see `evaluate`) from `score_items`' results."""
+def summarise(values: dict, per_item: list[dict], seed: int, clusters: list[int] | None = None) -> dict:
+    """The answer-metric part of scores.json (see `evaluate`) from `score_items`' results;
+    `clusters`: a cluster id per item (metrics.fact_clusters), resampled whole by the bootstrap."""
     primary = "fact_accuracy" if "fact_accuracy" in values else "token_f1"
     counts = {m: sum(m in row for row in per_item) for m in values}
-    by_metric = {m: differences(v, seed) for m, v in values.items()}
+    by_metric = {m: differences(v, seed, None if clusters is None else [c for c, row in zip(clusters, per_item) if m in row])
+                 for m, v in values.items()}
     out = {
         # How many items the primary metric scored (all items when no item supports it).
         "questions": counts.get(primary, len(per_item)),
@@ -176,6 +217,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     items = items[: cfg.eval.max_questions] if cfg.eval.max_questions else items
     questions = [it.messages for it in items]
     pad, bs, new = tokenizer.pad_token_id, cfg.eval.batch_size, cfg.eval.max_new_tokens
+    few_shot_pool = None
     check_forgetting = cfg.eval.forgetting and "tuned" in cfg.eval.contenders
 
     precision = run_precision(run_dir, model_path, cfg.train.precision)
@@ -197,6 +239,10 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     shots = [r.messages for r in train_records if r.messages]  # documents are no examples to show
     if questions and shots and "few_shot" in cfg.eval.contenders and cfg.eval.few_shot_k > 0:
         index = ShotIndex(shots)
+        if not index.shots:
+            console.print("[yellow]warning[/] few-shot: no training conversation is a single user turn and its answer, "
+                          "so the few-shot prompt has no examples and this contender is the base model again")
+        few_shot_pool = len(index.shots)
         prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
         answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
     t_check = time.perf_counter()
@@ -218,10 +264,13 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
             forgot["seconds"] = round(t_check + time.perf_counter() - t0, 1)  # both probes: what the check costs
     del model
 
-    values, per_item = score_items([it.extra for it in items], answers)
-    summary = summarise(values, per_item, cfg.seed)
+    extras = [it.extra for it in items]
+    values, per_item = score_items(extras, answers)
+    summary = {**summarise(values, per_item, cfg.seed, fact_clusters([e.get("facts") for e in extras])),
+               **answer_stats(extras, answers)}
     scores = {"questions": summary.pop("questions"), "valid_examples": len(valid_ex), "valid_loss": losses,
               "perplexity": {c: perplexity(x) for c, x in losses.items()}, **summary, "forgetting": forgot,
+              "few_shot_pool": few_shot_pool,  # training examples the few-shot prompt could show (None: not run)
               # one precision for every contender: the run's (models.tuned.run_precision)
               "precision": {"name": precision.name, "device": precision.device.type, "reason": precision.reason},
               "peak_memory": peak_memory_mb(precision.device),

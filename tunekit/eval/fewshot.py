@@ -20,10 +20,12 @@ def _words(text: str) -> list[str]:
 
 
 class ShotIndex:
-    """TF-IDF index over single-turn training conversations."""
+    """TF-IDF index over single-turn training conversations (a system message is left out: the
+    question brings its own). `shots` is empty when none has that shape; the caller says so."""
 
     def __init__(self, conversations: list[list[dict]]):
-        self.shots = [c for c in conversations if [m["role"] for m in c] == ["user", "assistant"]]
+        turns = ([m for m in c if m["role"] != "system"] for c in conversations)
+        self.shots = [t for t in turns if [m["role"] for m in t] == ["user", "assistant"]]
         docs = [Counter(_words(c[0]["content"])) for c in self.shots]
         df = Counter(w for d in docs for w in d)
         n = len(docs)

@@ -3,9 +3,11 @@
 - fact accuracy (`states_facts`): for every group of accepted surface forms the item lists
   under `required`, at least one form occurs in the answer (case-insensitive, whitespace
   collapsed) as whole words and whole numbers: "$29" is not found in "$299" or "$29.50",
-  "151" not in "1510" or "1,151", "4" not in "-4", "cat" not in "category".
+  "151" not in "1510" or "1,151", "4" not in "-4", "cat" not in "category". Numbers compare
+  by value: "0.50" is "0.5", "1,000" is "1000"; the minus sign and the decimal point count.
 - exact match, token F1: SQuAD's definitions over normalised text (casefold, punctuation
-  and the articles a/an/the removed, whitespace collapsed), against the item's reference.
+  and the articles a/an/the removed, whitespace collapsed), against the item's reference;
+  but a number keeps its sign and decimal point, by value ("-52.4" is not "52.4").
 - ROUGE-L: F-measure of the longest common subsequence of normalised tokens. Written here
   rather than taken from `rouge-score`: it is twenty lines, and that package would pull in
   nltk and absl for them.
@@ -29,8 +31,28 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
+# A number as written: optional minus sign (not after a letter or digit: "10-4" is a range, "LQ-5023"
+# a code), digits with optional thousands commas, optional decimals; never a piece of a longer
+# dotted run such as a version or an address ("10.0.0.1" is left alone).
+_NUMBER = re.compile(r"(?<![\w.,])([-\u2212](?=\d))?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\d]|[.,]\d)")
+
+
+def _canonical_number(m: re.Match) -> str:
+    """A number by its value: "1,000" is "1000", "0.50" is "0.5", "2.0" is "2"; the sign stays."""
+    return _number_text(*m.groups())
+
+
+def _number_text(sign: str | None, whole: str, frac: str | None) -> str:
+    return ("-" if sign else "") + whole.replace(",", "") + (frac or "").rstrip("0").rstrip(".")
+
+
+def canonical_numbers(text: str) -> str:
+    """`text` with every number written by its value (`_canonical_number`), so numbers compare by value."""
+    return _NUMBER.sub(_canonical_number, text)
+
+
 def _norm(text: str) -> str:
-    return _WS.sub(" ", text.casefold()).strip()
+    return canonical_numbers(_WS.sub(" ", text.casefold()).strip())
 
 
 def _extends_number(text: str, i: int, step: int) -> bool:
@@ -73,9 +95,16 @@ def _is_punct(ch: str) -> bool:
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD's answer normalisation: casefold, drop punctuation and articles, collapse whitespace."""
-    text = "".join(" " if _is_punct(ch) else ch for ch in text.casefold())
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    """SQuAD's answer normalisation (casefold, drop punctuation and articles, collapse whitespace),
+    except inside numbers: their sign and decimal point stay and they compare by value, so "-52.4"
+    is not "52.4", "0.3" is not "3" and "1,000" is "1000"."""
+    parts = _NUMBER.split(text.casefold())  # text, then the number's three groups, repeated
+    out = []
+    for i in range(0, len(parts), 4):
+        out.append("".join(" " if _is_punct(ch) else ch for ch in parts[i]))
+        if i + 3 < len(parts):
+            out.append(f" {_number_text(*parts[i + 1 : i + 4])} ")
+    return " ".join(_ARTICLES.sub(" ", "".join(out)).split())
 
 
 def answer_tokens(text: str) -> list[str]:
@@ -165,21 +194,50 @@ def perplexity(loss: float) -> float:
         return math.inf
 
 
+def fact_clusters(facts: list[list[str] | None]) -> list[int]:
+    """A cluster id per item: items that share a fact id, directly or through other items, share a
+    cluster; an item without fact ids is a cluster of its own."""
+    parent = list(range(len(facts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, ids in enumerate(facts):
+        for f in ids or []:
+            j = first.setdefault(str(f), i)
+            parent[root(i)] = root(j)
+    roots = [root(i) for i in range(len(facts))]
+    number = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    return [number[r] for r in roots]
+
+
 def paired_bootstrap(a: list[float], b: list[float], n: int = 2000, seed: int = 0,
-                     ratio: bool = False) -> tuple[float, float]:
+                     ratio: bool = False, clusters: list[int] | None = None) -> tuple[float, float]:
     """95% interval of mean(a) - mean(b) (bools count as 0/1), resampling items in pairs; with
-    `ratio`, of mean(a) / mean(b) (resamples where mean(b) is 0 are left out)."""
+    `ratio`, of mean(a) / mean(b) (resamples where mean(b) is 0 are left out).
+
+    `clusters` (an id per item, `fact_clusters`): whole clusters are resampled, with all their
+    items. Questions about one fact are not independent evidence (a model that knows the fact
+    answers them all), so resampling them one by one would give too narrow an interval."""
     import numpy as np
 
     if not a:
         return 0.0, 0.0
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    picks = np.random.default_rng(seed).integers(0, len(x), size=(n, len(x)))
+    ids = np.arange(len(x)) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    k = int(ids.max()) + 1
+    sum_x, sum_y = np.bincount(ids, weights=x, minlength=k), np.bincount(ids, weights=y, minlength=k)
+    size = np.bincount(ids, minlength=k).astype(float)
+    picks = np.random.default_rng(seed).integers(0, k, size=(n, k))
+    top, bottom, count = sum_x[picks].sum(axis=1), sum_y[picks].sum(axis=1), size[picks].sum(axis=1)
     if ratio:
-        top, bottom = x[picks].mean(axis=1), y[picks].mean(axis=1)
         stats = top[bottom > 0] / bottom[bottom > 0]
         if not len(stats):
             return 0.0, 0.0
     else:
-        stats = (x - y)[picks].mean(axis=1)
+        stats = (top - bottom) / count
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))

@@ -108,6 +108,7 @@ def headline(scores: dict) -> list[str]:
             lo, hi = (100 * x for x in d["ci95"])
             lines.append(f"- fine-tuned minus {_label(key.removeprefix('tuned_minus_'))}: {100 * d['diff']:+.1f} {_unit(metric)} "
                          f"(95% CI {lo:+.1f} to {hi:+.1f})")
+    lines += _answer_lines(scores)
     forgetting = scores.get("forgetting") or {}
     if forgetting.get("flagged"):
         lines.append(f"- warning, forgetting: {forgetting.get('why') or 'the tuned model does worse on general text or questions'}")
@@ -116,6 +117,23 @@ def headline(scores: dict) -> list[str]:
     if "kept_ci95" in forgetting:
         first += " " + kept_sentence(forgetting)
     return [first, ""] + lines
+
+
+def _answer_lines(scores: dict) -> list[str]:
+    """How long the answers are, how often they state other facts, and a few-shot prompt without examples."""
+    lines = []
+    words = scores.get("answer_words") or {}
+    if words:
+        lines.append("- mean answer length: " + ", ".join(f"{_label(c)} {words[c]:.1f} words" for c in CONTENDERS if c in words))
+    other = scores.get("other_fact_rate") or {}
+    if other:
+        lines.append("- answers that also state another fact in full: "
+                     + ", ".join(f"{_label(c)} {100 * other[c]:.0f}%" for c in CONTENDERS if c in other)
+                     + " (one stating more other facts than it was asked about counts as wrong)")
+    if scores.get("few_shot_pool") == 0:
+        lines.append("- warning, few-shot: no training conversation is a single question and answer, so the prompt "
+                     "showed no examples and the few-shot contender is the base model")
+    return lines
 
 
 # -- sections: each a title and a list of blocks ------------------------------------------
