@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tunekit.eval.evaluate import item_scorers, score_items, summarise
+from tunekit.eval.scoring import item_scorers, score_items, summarise
 from tunekit.eval.metrics import (
     accuracy,
     exact_match,

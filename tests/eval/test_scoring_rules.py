@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunekit.eval.evaluate import answer_stats, fact_keys, other_facts_stated, score_items, summarise
+import pytest
+
+from tunekit.eval.scoring import answer_stats, fact_keys, other_facts_stated, score, score_items, summarise
 from tunekit.eval.fewshot import ShotIndex
 from tunekit.eval.metrics import exact_match, fact_clusters, paired_bootstrap, states_facts, token_f1
 from tunekit.eval.report import headline
@@ -106,3 +108,24 @@ def test_few_shot_uses_conversations_with_a_system_message_and_says_when_it_has_
     text = "\n".join(lines)
     assert "warning, few-shot: no training conversation" in text
     assert "mean answer length: base model 30.0 words" in text
+
+
+def test_a_label_field_gives_label_accuracy_as_the_primary_metric_and_macro_f1():
+    extras = [{"label": "billing"}, {"label": "bug"}, {"label": "billing"}, {"label": "account"}]
+    answers = {"tuned": ["Billing", "This is a bug.", "billing or bug", "account"], "base": ["bug"] * 4}
+    s, _ = score(extras, answers, 0)
+    assert s["primary_metric"] == "label_accuracy"
+    assert s["metrics"]["label_accuracy"] == {"tuned": 0.75, "base": 0.25}  # "billing or bug" names two classes: wrong
+    assert s["macro_f1"]["tuned"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+    assert s["macro_f1"]["base"] == pytest.approx((0 + 2 / 5 + 0) / 3)  # always "bug": one class right, F1 0.4
+    assert "macro-F1 over the labels: base model 13.3, fine-tuned 88.9" in "\n".join(headline(s))
+
+
+def test_short_references_without_facts_make_exact_match_primary():
+    short = [{"reference": "Paris"}, {"reference": "42 km"}]
+    long = short + [{"reference": "The capital of France is Paris, on the Seine."}]
+    answers = {"tuned": ["Paris", "42 km"], "base": ["Paris is it", "about 42 km"]}
+    assert score(short, answers, 0)[0]["primary_metric"] == "exact_match"
+    answers = {c: a + ["Paris."] for c, a in answers.items()}
+    assert score(long, answers, 0)[0]["primary_metric"] == "token_f1"
+    assert score([{**e, "required": [["Paris"]]} for e in short], {"tuned": ["Paris", "x"]}, 0)[0]["primary_metric"] == "fact_accuracy"

@@ -3,9 +3,8 @@ three contenders — the base model, the base model with a few-shot prompt, and 
 model — with paired-bootstrap intervals for the tuned model's lead; then the forgetting
 check (tunekit/eval/forgetting.py).
 
-Each held-out item is scored by every metric it supports (see `item_scorers`); a metric
-no item supports is left out. The primary metric, which `differences` and the verdict
-use, is fact accuracy when items are labelled with required facts, else token F1.
+Each held-out item is scored by every metric it supports; the primary metric, which the
+verdict uses, is chosen from what the items carry (tunekit/eval/scoring.py).
 
 Writes `eval/predictions.jsonl` (every question, reference, each contender's answer and
 its value per metric) and `eval/scores.json`.
@@ -13,10 +12,8 @@ its value per metric) and `eval/scores.json`.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,19 +26,8 @@ from tunekit.errors import DataError
 from tunekit.eval import forgetting
 from tunekit.eval.fewshot import ShotIndex, few_shot_messages
 from tunekit.eval.generate import greedy_answers
-from tunekit.eval.metrics import (
-    exact_match,
-    fact_clusters,
-    is_json_reference,
-    json_valid,
-    mean,
-    paired_bootstrap,
-    pattern_match,
-    perplexity,
-    rouge_l,
-    states_facts,
-    token_f1,
-)
+from tunekit.eval.metrics import perplexity
+from tunekit.eval.scoring import METRIC_LABELS, score
 from tunekit.hardware import for_inference
 from tunekit.models.loading import load_model, set_threads
 from tunekit.models.tuned import run_precision
@@ -51,8 +37,7 @@ from tunekit.train.loop import evaluate_loss
 from tunekit.train.metrics import peak_memory_mb
 
 LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "fine-tuned"}
-METRIC_LABELS = {"fact_accuracy": "fact accuracy", "exact_match": "exact match", "token_f1": "token F1",
-                 "rouge_l": "ROUGE-L", "json_valid": "valid JSON", "pattern_match": "pattern match"}
+
 
 
 def load_tuned(cfg: Config, run_dir: Path, model_path: Path) -> torch.nn.Module:
@@ -66,57 +51,6 @@ def load_tuned(cfg: Config, run_dir: Path, model_path: Path) -> torch.nn.Module:
     return load_model(ckpt, cfg.model.dtype)
 
 
-def _reference_text(extra: dict) -> str | None:
-    ref = extra.get("reference")
-    if isinstance(ref, (dict, list)):  # a structured reference written as JSON rather than as a string
-        return json.dumps(ref, ensure_ascii=False)
-    return ref if isinstance(ref, str) and ref.strip() else None
-
-
-def fact_keys(extras: list[dict]) -> dict[str, list[list[str]]]:
-    """Each fact id's required answer groups, from the items that ask about that one fact alone."""
-    keys: dict[str, list[list[str]]] = {}
-    for e in extras:
-        facts = e.get("facts") or []
-        if len(facts) == 1 and e.get("required"):
-            keys.setdefault(str(facts[0]), e["required"])
-    return keys
-
-
-def other_facts_stated(answer: str, extra: dict, keys: dict[str, list[list[str]]]) -> int:
-    """How many facts other than the item's own the answer states in full. A fact that shares a
-    key with the item's own required answers is not counted: stating that key is the answer."""
-    own = {str(f) for f in extra.get("facts") or []}
-    mine = {alt.casefold() for group in extra.get("required") or [] for alt in group}
-    return sum(1 for fact, groups in keys.items()
-               if fact not in own and not any(alt.casefold() in mine for g in groups for alt in g)
-               and states_facts(answer, groups))
-
-
-def item_scorers(extra: dict, keys: dict[str, list[list[str]]] | None = None) -> dict[str, Callable[[str], float]]:
-    """The metrics one held-out item supports, each a function from an answer to [0, 1]:
-    fact accuracy when it lists `required` facts (with `keys` from `fact_keys`, an answer that
-    states more other facts than the item asks about is a list, not an answer, and is wrong);
-    exact match, token F1 and ROUGE-L when it has a
-    reference (prepare keeps a given final assistant turn as `reference`); JSON validity when the
-    reference is a JSON object/array or the item says "format": "json"; a regex match for "pattern"."""
-    out: dict[str, Callable[[str], float]] = {}
-    ref = _reference_text(extra)
-    if extra.get("required"):
-        asked = max(len(extra.get("facts") or []), 1)
-        out["fact_accuracy"] = lambda a: float(states_facts(a, extra["required"])
-                                               and (not keys or other_facts_stated(a, extra, keys) <= asked))
-    if ref is not None:
-        out["exact_match"] = lambda a: exact_match(a, ref)
-        out["token_f1"] = lambda a: token_f1(a, ref)
-        out["rouge_l"] = lambda a: rouge_l(a, ref)
-    if extra.get("format") == "json" or is_json_reference(ref):
-        out["json_valid"] = lambda a: float(json_valid(a))
-    if extra.get("pattern"):
-        out["pattern_match"] = lambda a: float(pattern_match(a, extra["pattern"]))
-    return out
-
-
 def _check_patterns(items: list[Record], source: str) -> None:
     """A bad regular expression is the item author's error: say so before any model loads."""
     for i, it in enumerate(items):
@@ -128,71 +62,6 @@ def _check_patterns(items: list[Record], source: str) -> None:
         except (re.error, TypeError) as e:
             raise DataError(f"held-out item {it.extra.get('id', i + 1)} (item {i + 1} of {source}): \"pattern\" {pattern!r} "
                             f"is not a valid regular expression ({e}); fix or remove it") from None
-
-
-def score_items(extras: list[dict], answers: dict[str, list[str]]) -> tuple[dict, list[dict]]:
-    """({metric: {contender: [value per supporting item]}}, per item {metric: {contender: value}}).
-
-    Every contender answers every item, so a metric's lists are paired item by item."""
-    values: dict[str, dict[str, list[float]]] = {}
-    per_item = []
-    keys = fact_keys(extras)
-    for i, extra in enumerate(extras):
-        row = {}
-        for name, score in item_scorers(extra, keys).items():
-            row[name] = {c: score(a[i]) for c, a in answers.items()}
-            column = values.setdefault(name, {})
-            for c, v in row[name].items():
-                column.setdefault(c, []).append(v)
-        per_item.append(row)
-    order = list(METRIC_LABELS)
-    return {m: values[m] for m in sorted(values, key=order.index)}, per_item
-
-
-def answer_stats(extras: list[dict], answers: dict[str, list[str]]) -> dict:
-    """Per contender: the mean answer length in words, and where items carry fact ids, the share of
-    answers stating some other fact in full (a model listing every key it knows shows here)."""
-    keys = fact_keys(extras)
-    out = {"answer_words": {c: mean([len(x.split()) for x in a]) for c, a in answers.items()}}
-    labelled = [i for i, e in enumerate(extras) if e.get("facts") and e.get("required")]
-    if keys and labelled:
-        out["other_fact_rate"] = {c: mean([float(other_facts_stated(a[i], extras[i], keys) > 0) for i in labelled])
-                                  for c, a in answers.items()}
-    return out
-
-
-def differences(values: dict[str, list[float]], seed: int, clusters: list[int] | None = None) -> dict:
-    """Tuned minus each other contender on one metric, with a paired-bootstrap 95% interval
-    (over clusters of items sharing a fact, when `clusters` gives them)."""
-    out = {}
-    if "tuned" not in values:
-        return out
-    for other in ("base", "few_shot"):
-        if other in values:
-            lo, hi = paired_bootstrap(values["tuned"], values[other], seed=seed, clusters=clusters)
-            out[f"tuned_minus_{other}"] = {"diff": mean(values["tuned"]) - mean(values[other]), "ci95": [lo, hi]}
-    return out
-
-
-def summarise(values: dict, per_item: list[dict], seed: int, clusters: list[int] | None = None) -> dict:
-    """The answer-metric part of scores.json (see `evaluate`) from `score_items`' results;
-    `clusters`: a cluster id per item (metrics.fact_clusters), resampled whole by the bootstrap."""
-    primary = "fact_accuracy" if "fact_accuracy" in values else "token_f1"
-    counts = {m: sum(m in row for row in per_item) for m in values}
-    by_metric = {m: differences(v, seed, None if clusters is None else [c for c, row in zip(clusters, per_item) if m in row])
-                 for m, v in values.items()}
-    out = {
-        # How many items the primary metric scored (all items when no item supports it).
-        "questions": counts.get(primary, len(per_item)),
-        "primary_metric": primary,
-        "metrics": {m: {c: mean(x) for c, x in v.items()} for m, v in values.items()},
-        "metric_items": counts,
-        "differences": by_metric.get(primary, {}),
-        "differences_by_metric": by_metric,
-    }
-    if "fact_accuracy" in values:
-        out["fact_accuracy"] = out["metrics"]["fact_accuracy"]
-    return out
 
 
 def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
@@ -264,10 +133,7 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
             forgot["seconds"] = round(t_check + time.perf_counter() - t0, 1)  # both probes: what the check costs
     del model
 
-    extras = [it.extra for it in items]
-    values, per_item = score_items(extras, answers)
-    summary = {**summarise(values, per_item, cfg.seed, fact_clusters([e.get("facts") for e in extras])),
-               **answer_stats(extras, answers)}
+    summary, per_item = score([it.extra for it in items], answers, cfg.seed)
     scores = {"questions": summary.pop("questions"), "valid_examples": len(valid_ex), "valid_loss": losses,
               "perplexity": {c: perplexity(x) for c, x in losses.items()}, **summary, "forgetting": forgot,
               "few_shot_pool": few_shot_pool,  # training examples the few-shot prompt could show (None: not run)

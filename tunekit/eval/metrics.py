@@ -241,3 +241,25 @@ def paired_bootstrap(a: list[float], b: list[float], n: int = 2000, seed: int = 
     else:
         stats = (top - bottom) / count
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def label_of(answer: str, labels: list[str]) -> str | None:
+    """The class an answer names among `labels`: the one it is (normalised), else the only one it
+    mentions as whole words; None when it names none or several ("billing or refunds" is no answer)."""
+    said = normalize_answer(answer)
+    by_norm = {normalize_answer(x): x for x in labels}
+    if said in by_norm:
+        return by_norm[said]
+    named = [x for n, x in by_norm.items() if n and contains_whole(f" {said} ", f" {n} ")]
+    return named[0] if len(named) == 1 else None
+
+
+def macro_f1(predicted: list[str | None], gold: list[str]) -> float:
+    """Mean over the gold classes of each class's F1 (a prediction of no class is wrong for every class)."""
+    scores = []
+    for c in sorted(set(gold)):
+        tp = sum(p == c and g == c for p, g in zip(predicted, gold))
+        fp = sum(p == c and g != c for p, g in zip(predicted, gold))
+        fn = sum(p != c and g == c for p, g in zip(predicted, gold))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return mean(scores)

@@ -19,15 +19,13 @@ from tunekit import atomic
 from tunekit.eval import plots
 from tunekit.eval.evaluate import LABELS
 from tunekit.eval.forgetting import kept_sentence
+from tunekit.eval.scoring import METRIC_LABELS, RATES
 from tunekit.eval.report_html import render_html, render_md
 from tunekit.train.metrics import read_metrics
 from tunekit.train.plot import loss_curve_png
 
 CONTENDERS = ("base", "few_shot", "tuned")
-NAMES = {"fact_accuracy": "fact accuracy", "token_f1": "token F1", "exact_match": "exact match",
-         "rouge_l": "ROUGE-L", "json_valid": "valid JSON", "regex_match": "regex match"}
-RATES = {"fact_accuracy", "exact_match", "json_valid", "regex_match"}
-"""Metrics that are a share of answers right or wrong: their intervals are Wilson intervals."""
+NAMES = METRIC_LABELS
 
 
 def _read_json(path: Path) -> dict:
@@ -120,11 +118,15 @@ def headline(scores: dict) -> list[str]:
 
 
 def _answer_lines(scores: dict) -> list[str]:
-    """How long the answers are, how often they state other facts, and a few-shot prompt without examples."""
+    """How long the answers are, macro-F1 where items carry labels, how often answers state other
+    facts, and a few-shot prompt without examples."""
     lines = []
     words = scores.get("answer_words") or {}
     if words:
         lines.append("- mean answer length: " + ", ".join(f"{_label(c)} {words[c]:.1f} words" for c in CONTENDERS if c in words))
+    f1 = scores.get("macro_f1") or {}
+    if f1:
+        lines.append("- macro-F1 over the labels: " + ", ".join(f"{_label(c)} {100 * f1[c]:.1f}" for c in CONTENDERS if c in f1))
     other = scores.get("other_fact_rate") or {}
     if other:
         lines.append("- answers that also state another fact in full: "
