@@ -47,12 +47,15 @@ def widths(repeats: int, batch: int) -> list[dict]:
     from tunekit.config import load_config
     from tunekit.models.loading import load_model
     from tunekit.models.resolve import resolve
+    from tunekit.train.allocator import return_freed_memory_promptly
     from tunekit.train.compute import cast_frozen
     from tunekit.train.loss import supervised_loss_sum
     from tunekit.train.methods import apply_method
 
     hardware.set_threads(None)
     cfg = load_config(CONFIG)
+    if cfg.train.lean_memory:  # as training runs: freed memory goes back to the system, which makes
+        return_freed_memory_promptly()  # every large temporary cost page faults (eager makes more of them)
     path = resolve(cfg.model.base)
     rows = []
     for name in ("fp32", "bf16"):

@@ -153,13 +153,15 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-# Attention on a CPU, by width and precision. SDPA's CPU flash kernel pays a fixed cost per call
-# (its backward most, and more in bf16), where written-out attention (transformers' "eager": two
-# matmuls and a softmax) grows with the square of the width. Forward and backward of SmolLM2-135M
-# with the demo's LoRA at batch 8 on a 2-core EPYC (bench/results/attention.md), eager against
-# sdpa: bf16 96 tokens 1.19 against 1.38 s, 192 2.69 against 2.89 s, 256 3.77 against 3.74 s;
-# fp32 160 tokens 3.87 against 4.04 s, 192 5.76 against 5.38 s. Below these widths, eager.
-EAGER_ATTENTION_BELOW = {"bf16": 224, "fp32": 176}
+# Attention on a CPU, by width and precision. SDPA's CPU flash kernel pays a fixed cost per call,
+# most in its bf16 backward, where written-out attention (transformers' "eager": two matmuls and
+# a softmax) grows with the square of the width. Forward and backward of SmolLM2-135M with the
+# demo's LoRA at batch 8 on a 2-core EPYC (bench/attention.py): in bf16 eager took 0.87-0.92 of
+# sdpa's time at every width up to 192 in every run, and above that one run found it faster and
+# another slower (512 tokens: 7.5 against 8.6 s, and 11.8 against 8.8 s); in fp32 the two were
+# within a few percent either way. So: eager for bf16 rows below 224 tokens, never in fp32.
+# On the demo this took training from 426 to 487-502 tokens/s (same machine, same day).
+EAGER_ATTENTION_BELOW = {"bf16": 224, "fp32": 0}
 
 
 @contextlib.contextmanager
