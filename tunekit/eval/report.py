@@ -56,12 +56,15 @@ def primary(scores: dict) -> tuple[str, dict]:
 
 
 def _unit(metric: str) -> str:
-    return {"fact_accuracy": "points", "token_f1": "F1 points"}.get(metric, f"{NAMES.get(metric, metric)} points")
+    """Percentage points for a share of right answers; otherwise points of the metric (x100)."""
+    if metric in RATES:
+        return "points"
+    return "F1 points" if metric == "token_f1" else f"{NAMES.get(metric, metric)} points"
 
 
 def _score_text(metric: str, value: float) -> str:
-    if metric == "fact_accuracy":
-        return f"{value:.1%} fact accuracy"
+    if metric in RATES:
+        return f"{value:.1%} {NAMES.get(metric, metric)}"
     return f"{NAMES.get(metric, metric)} {100 * value:.1f}"
 
 
