@@ -23,9 +23,9 @@ from tunekit.data.template import tokenize_chat
 from tunekit.errors import CheckpointError, ConfigError
 from tunekit.models.loading import load_model, load_tokenizer
 from tunekit.hardware import FP32, Precision
+from tunekit.models.logits import output_layer
 from tunekit.train import checkpoint, loop
 from tunekit.train.compute import cast_frozen, enable_activation_checkpointing
-from tunekit.models.logits import output_layer
 from tunekit.train.loss import supervised_loss_sum
 from tunekit.train.methods import apply_method
 from tunekit.train.metrics import MetricsLog, read_metrics, require_tensorboard

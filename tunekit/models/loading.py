@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from tunekit.data.chat_templates import apply_template
 from tunekit.errors import ModelError
 from tunekit.hardware import set_threads  # noqa: F401  (where the stages have always imported it from)
-from tunekit.data.chat_templates import apply_template
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
