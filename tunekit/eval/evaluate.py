@@ -39,7 +39,6 @@ from tunekit.train.metrics import peak_memory_mb
 LABELS = {"base": "base model", "few_shot": "base + few-shot prompt", "tuned": "fine-tuned"}
 
 
-
 def load_tuned(cfg: Config, run_dir: Path, model_path: Path) -> torch.nn.Module:
     """The trained model from the run's best checkpoint (train.keep_best) or its final one, on the
     CPU: an adapter merged into the fp32 base for speed. `for_inference` then moves and casts it."""

@@ -37,18 +37,14 @@ _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNOR
 _NUMBER = re.compile(r"(?<![\w.,])([-\u2212](?=\d))?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\d]|[.,]\d)")
 
 
-def _canonical_number(m: re.Match) -> str:
-    """A number by its value: "1,000" is "1000", "0.50" is "0.5", "2.0" is "2"; the sign stays."""
-    return _number_text(*m.groups())
-
-
 def _number_text(sign: str | None, whole: str, frac: str | None) -> str:
+    """A number (`_NUMBER`'s groups) by its value: "1,000" is "1000", "0.50" is "0.5", "2.0" is "2"; the sign stays."""
     return ("-" if sign else "") + whole.replace(",", "") + (frac or "").rstrip("0").rstrip(".")
 
 
 def canonical_numbers(text: str) -> str:
-    """`text` with every number written by its value (`_canonical_number`), so numbers compare by value."""
-    return _NUMBER.sub(_canonical_number, text)
+    """`text` with every number written by its value, so numbers compare by value."""
+    return _NUMBER.sub(lambda m: _number_text(*m.groups()), text)
 
 
 def _norm(text: str) -> str:

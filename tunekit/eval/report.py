@@ -19,13 +19,13 @@ from tunekit import atomic
 from tunekit.eval import plots
 from tunekit.eval.evaluate import LABELS
 from tunekit.eval.forgetting import kept_sentence
-from tunekit.eval.scoring import METRIC_LABELS, RATES
+from tunekit.eval.scoring import METRIC_LABELS as NAMES
+from tunekit.eval.scoring import RATES
 from tunekit.eval.report_html import render_html, render_md
 from tunekit.train.metrics import read_metrics
 from tunekit.train.plot import loss_curve_png
 
 CONTENDERS = ("base", "few_shot", "tuned")
-NAMES = METRIC_LABELS
 
 
 def _read_json(path: Path) -> dict:

@@ -63,20 +63,45 @@ def other_facts_stated(answer: str, extra: dict, keys: dict[str, list[list[str]]
                and states_facts(answer, groups))
 
 
-def item_scorers(extra: dict, keys: dict[str, list[list[str]]] | None = None,
-                 labels: list[str] | None = None) -> dict[str, Callable[[str], float]]:
+def class_labels(extras: list[dict]) -> list[str]:
+    """The classes the items' `label` fields name, in order of first appearance."""
+    return list(dict.fromkeys(e["label"] for e in extras if isinstance(e.get("label"), str)))
+
+
+class Beyond:
+    """What an answer says beyond its own item, found once per answer and shared by the metrics
+    and the answer statistics: how many other facts it states (`fact_keys`), which class it names."""
+
+    def __init__(self, extras: list[dict]):
+        self.keys, self.labels = fact_keys(extras), class_labels(extras)
+        self._others: dict[tuple[int, str], int] = {}
+        self._label: dict[str, str | None] = {}
+
+    def others(self, extra: dict, answer: str) -> int:
+        key = (id(extra), answer)
+        if key not in self._others:
+            self._others[key] = other_facts_stated(answer, extra, self.keys)
+        return self._others[key]
+
+    def label(self, answer: str) -> str | None:
+        if answer not in self._label:
+            self._label[answer] = label_of(answer, self.labels)
+        return self._label[answer]
+
+
+def item_scorers(extra: dict, beyond: Beyond | None = None) -> dict[str, Callable[[str], float]]:
     """The metrics one held-out item supports, each a function from an answer to [0, 1]:
-    fact accuracy when it lists `required` facts (with `keys` from `fact_keys`, an answer that
-    states more other facts than the item asks about is a list, not an answer, and is wrong);
-    exact match, token F1 and ROUGE-L when it has a
-    reference (prepare keeps a given final assistant turn as `reference`); JSON validity when the
-    reference is a JSON object/array or the item says "format": "json"; a regex match for "pattern"."""
+    fact accuracy when it lists `required` facts (with `beyond`, an answer that states more other
+    facts than the item asks about is a list, not an answer, and is wrong); exact match, token F1
+    and ROUGE-L when it has a reference (prepare keeps a given final assistant turn as
+    `reference`); JSON validity when the reference is a JSON object/array or the item says
+    "format": "json"; a regex match for "pattern"; label accuracy for a `label` (with `beyond`)."""
     out: dict[str, Callable[[str], float]] = {}
     ref = _reference_text(extra)
     if extra.get("required"):
         asked = max(len(extra.get("facts") or []), 1)
         out["fact_accuracy"] = lambda a: float(states_facts(a, extra["required"])
-                                               and (not keys or other_facts_stated(a, extra, keys) <= asked))
+                                               and (beyond is None or beyond.others(extra, a) <= asked))
     if ref is not None:
         out["exact_match"] = lambda a: exact_match(a, ref)
         out["token_f1"] = lambda a: token_f1(a, ref)
@@ -85,26 +110,22 @@ def item_scorers(extra: dict, keys: dict[str, list[list[str]]] | None = None,
         out["json_valid"] = lambda a: float(json_valid(a))
     if extra.get("pattern"):
         out["pattern_match"] = lambda a: float(pattern_match(a, extra["pattern"]))
-    if isinstance(extra.get("label"), str) and labels:
-        out["label_accuracy"] = lambda a: float(label_of(a, labels) == extra["label"])
+    if isinstance(extra.get("label"), str) and beyond is not None and beyond.labels:
+        out["label_accuracy"] = lambda a: float(beyond.label(a) == extra["label"])
     return out
 
 
-def class_labels(extras: list[dict]) -> list[str]:
-    """The classes the items' `label` fields name, in order of first appearance."""
-    return list(dict.fromkeys(e["label"] for e in extras if isinstance(e.get("label"), str)))
-
-
-def score_items(extras: list[dict], answers: dict[str, list[str]]) -> tuple[dict, list[dict]]:
+def score_items(extras: list[dict], answers: dict[str, list[str]],
+                beyond: Beyond | None = None) -> tuple[dict, list[dict]]:
     """({metric: {contender: [value per supporting item]}}, per item {metric: {contender: value}}).
 
     Every contender answers every item, so a metric's lists are paired item by item."""
+    beyond = beyond or Beyond(extras)
     values: dict[str, dict[str, list[float]]] = {}
     per_item = []
-    keys, labels = fact_keys(extras), class_labels(extras)
     for i, extra in enumerate(extras):
         row = {}
-        for name, score in item_scorers(extra, keys, labels).items():
+        for name, score in item_scorers(extra, beyond).items():
             row[name] = {c: score(a[i]) for c, a in answers.items()}
             column = values.setdefault(name, {})
             for c, v in row[name].items():
@@ -114,18 +135,19 @@ def score_items(extras: list[dict], answers: dict[str, list[str]]) -> tuple[dict
     return {m: values[m] for m in sorted(values, key=order.index)}, per_item
 
 
-def answer_stats(extras: list[dict], answers: dict[str, list[str]]) -> dict:
-    """Per contender: the mean answer length in words, and where items carry fact ids, the share of
-    answers stating some other fact in full (a model listing every key it knows shows here)."""
-    keys, labels = fact_keys(extras), class_labels(extras)
+def answer_stats(extras: list[dict], answers: dict[str, list[str]], beyond: Beyond | None = None) -> dict:
+    """Per contender: the mean answer length in words; macro-F1 where items carry a `label`; and
+    where items carry fact ids, the share of answers stating some other fact in full (a model
+    listing every key it knows shows here)."""
+    beyond = beyond or Beyond(extras)
     out = {"answer_words": {c: mean([len(x.split()) for x in a]) for c, a in answers.items()}}
     classified = [i for i, e in enumerate(extras) if isinstance(e.get("label"), str)]
     if classified:
         gold = [extras[i]["label"] for i in classified]
-        out["macro_f1"] = {c: macro_f1([label_of(a[i], labels) for i in classified], gold) for c, a in answers.items()}
+        out["macro_f1"] = {c: macro_f1([beyond.label(a[i]) for i in classified], gold) for c, a in answers.items()}
     labelled = [i for i, e in enumerate(extras) if e.get("facts") and e.get("required")]
-    if keys and labelled:
-        out["other_fact_rate"] = {c: mean([float(other_facts_stated(a[i], extras[i], keys) > 0) for i in labelled])
+    if beyond.keys and labelled:
+        out["other_fact_rate"] = {c: mean([float(beyond.others(extras[i], a[i]) > 0) for i in labelled])
                                   for c, a in answers.items()}
     return out
 
@@ -156,10 +178,11 @@ def primary_metric(values: dict, extras: list[dict] | None = None) -> str:
 def score(extras: list[dict], answers: dict[str, list[str]], seed: int) -> tuple[dict, list[dict]]:
     """(the answer part of scores.json, per item {metric: {contender: value}}) for items' `extras`
     and each contender's answers; intervals resample items sharing a fact together."""
-    values, per_item = score_items(extras, answers)
+    beyond = Beyond(extras)
+    values, per_item = score_items(extras, answers, beyond)
     clusters = fact_clusters([e.get("facts") for e in extras])
     summary = summarise(values, per_item, seed, clusters, primary_metric(values, extras))
-    return {**summary, **answer_stats(extras, answers)}, per_item
+    return {**summary, **answer_stats(extras, answers, beyond)}, per_item
 
 
 def summarise(values: dict, per_item: list[dict], seed: int, clusters: list[int] | None = None,
