@@ -8,6 +8,7 @@ and on, and reports tokens/s.
 
     python bench/attention.py                   # widths only, about 4 minutes on 2 cores
     python bench/attention.py --train --pairs 2 --epochs 0.3
+    python bench/attention.py --train --no-widths --out bench/results/attention_train.json
 
 Writes bench/results/attention.json and .md. Run it alone: two cores shared with another job
 give figures that mean nothing.
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--train", action="store_true", help="also A/B the demo's train stage")
+    ap.add_argument("--no-widths", action="store_true", help="skip part 1 (with --train: only the A/B)")
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--epochs", type=float, default=0.3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attention.json")
@@ -123,7 +125,7 @@ def main() -> None:
 
     result = {"machine": {"cpu": hardware.cpu_model(), "amx": hardware.amx(),
                           "avx512_bf16": "avx512_bf16" in hardware.cpu_flags()},
-              "threshold": hardware.EAGER_ATTENTION_BELOW, "widths": widths(args.repeats, args.batch)}
+              "threshold": hardware.EAGER_ATTENTION_BELOW, "widths": [] if args.no_widths else widths(args.repeats, args.batch)}
     if args.train:
         result["train"] = train_pairs(args.pairs, args.epochs)
     args.out.parent.mkdir(parents=True, exist_ok=True)

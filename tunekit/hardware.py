@@ -160,7 +160,8 @@ def exact_fp32():
 # sdpa's time at every width up to 192 in every run, and above that one run found it faster and
 # another slower (512 tokens: 7.5 against 8.6 s, and 11.8 against 8.8 s); in fp32 the two were
 # within a few percent either way. So: eager for bf16 rows below 224 tokens, never in fp32.
-# On the demo this took training from 426 to 487-502 tokens/s (same machine, same day).
+# The demo's train stage, switch off and on alternated in fresh processes (3 pairs, 0.3 epoch
+# each, bench/results/attention_train.md): 391-446 against 488-516 tokens/s, same held-out loss.
 EAGER_ATTENTION_BELOW = {"bf16": 224, "fp32": 0}
 
 
