@@ -131,10 +131,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# Eager against SDPA attention ({result['machine']['cpu']}, AMX {result['machine']['amx']})", "",
-             f"Forward and backward, batch {args.batch}, best of {args.repeats}; switch threshold "
-             f"{result['threshold']} tokens.", "", "| precision | width | eager s | sdpa s | eager/sdpa |", "|---|---|---|---|---|"]
-    lines += [f"| {r['precision']} | {r['width']} | {r['eager_s']} | {r['sdpa_s']} | {r['eager_over_sdpa']} |"
-              for r in result["widths"]]
+             f"Switch threshold {result['threshold']} tokens."]
+    if result["widths"]:
+        lines += ["", f"Forward and backward, batch {args.batch}, best of {args.repeats}.", "",
+                  "| precision | width | eager s | sdpa s | eager/sdpa |", "|---|---|---|---|---|"]
+        lines += [f"| {r['precision']} | {r['width']} | {r['eager_s']} | {r['sdpa_s']} | {r['eager_over_sdpa']} |"
+                  for r in result["widths"]]
     if args.train:
         lines += ["", "| pair | switch | tokens/s | seconds | held-out loss |", "|---|---|---|---|---|"]
         lines += [f"| {r['pair']} | {r['switch']} | {r['tokens_per_s']} | {r['seconds']} | {r['valid_loss']:.4f} |"
