@@ -7,6 +7,17 @@ answer and render(messages[:i+1]) the text through its end-of-turn token, so the
 between them is exactly what the model must learn to write, including the token that
 tells it to stop. This works for templates without `{% generation %}` blocks.
 
+Rendering every prefix whole costs the square of the turn count (a 5,000-turn
+conversation took a minute), so later answers are rendered in a window: the last
+CONTEXT messages before them, without the system prompt, and the window's text after its
+history is what the answer adds to the whole rendering. That holds for every template
+that renders a message the same whatever came long before it (ChatML, Llama 3, Gemma,
+Mistral, Phi-3, SmolLM2, Qwen2.5 and every named template), and each window's piece is
+checked against the whole rendering. A template where it does not hold (turns numbered
+from the start, the system prompt repeated in every turn) fails that check, and the
+conversation is masked by rendering every prefix whole: exact, but quadratic for those
+templates only. A short conversation's windows are its own prefixes, so it is exact either way.
+
 What carries loss (`train_on`):
   all_assistant   every assistant answer and its end-of-turn token (the default)
   last_assistant  only the final assistant answer; earlier ones are context
@@ -22,6 +33,7 @@ back, so every sequence starts the way the model saw text in pre-training.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -30,6 +42,8 @@ from tunekit.errors import DataError
 
 IGNORE = -100
 TRAIN_ON = ("all_assistant", "last_assistant", "all")
+CONTEXT = 4
+"""Messages of history a window keeps before the answers it renders (two exchanges)."""
 
 
 @dataclass
@@ -153,6 +167,74 @@ def _turns(messages: list[dict], train_on: str) -> tuple[list[int], list[int]]:
     return kept, dropped
 
 
+class _NotLocal(Exception):
+    """A window's rendering disagrees with the whole: mask by rendering every prefix instead."""
+
+
+def _spans(tokenizer, messages: list[dict], marked: list[int], full: str) -> list[tuple[int, int]]:
+    """Character spans in `full` of the answers `marked` (ascending), as `answer_span` finds them."""
+    try:
+        return _window_spans(tokenizer, messages, marked, full)
+    except _NotLocal:
+        return [answer_span(tokenizer, messages, i, full) for i in marked]
+
+
+def _window_spans(tokenizer, messages: list[dict], marked: list[int], full: str) -> list[tuple[int, int]]:
+    """`answer_span` for each marked answer at a cost in proportion to the conversation.
+
+    The first answer is found from whole prefixes. For each later one, `pos` is where the
+    rendering of messages[:a] ends in `full` (a: the message after the previous answer), and
+    a window's rendering from a user turn CONTEXT messages before `a` tells what follows that
+    point: the generation prompt, then the answer. Raises _NotLocal where a window does not
+    agree with `full`, or where the prefixes would not give a mask (so the exact path says why).
+    """
+    first = 1 if messages and messages[0].get("role") == "system" else 0
+    texts: dict[tuple[int, int, bool], str] = {}
+
+    def text(start: int, stop: int, gen: bool = False) -> str:
+        """messages[start:stop] rendered; start == first means the whole prefix messages[:stop]."""
+        key = (start, stop, gen)
+        if key not in texts:
+            if start == first and stop == len(messages) and not gen:
+                texts[key] = full
+            elif start == first:
+                texts[key] = render(tokenizer, messages[:stop], add_generation_prompt=gen)
+            else:
+                try:
+                    texts[key] = render(tokenizer, messages[start:stop], add_generation_prompt=gen)
+                except DataError:  # a template may refuse a conversation that lacks its system prompt
+                    raise _NotLocal from None
+        return texts[key]
+
+    spans, pos, a = [], 0, first
+    for i in marked:
+        start = _window_start(messages, a, first)
+        head = text(start, a) if a > start else ""
+        before, through = text(start, i, gen=True), text(start, i + 1)
+        if not (before.startswith(head) and through.startswith(head)
+                and full.startswith(before[len(head):], pos) and full.startswith(through[len(head):], pos)):
+            raise _NotLocal
+        b, t = pos + len(before) - len(head), pos + len(through) - len(head)
+        # As answer_span: loss ends before the newline or space a template writes after the end-of-turn.
+        end = t
+        while end > b and full[end - 1] in "\n ":
+            end -= 1
+        if end == b and b > 0 and full[b - 1] in "\n ":
+            raise _NotLocal  # the answer is blank: let the exact path refuse it
+        spans.append((b, end))
+        pos, a = t, i + 1
+    return spans
+
+
+def _window_start(messages: list[dict], a: int, first: int) -> int:
+    """Where a window for the messages after `a` begins: a user turn about CONTEXT messages
+    before `a`, or `first` (the whole prefix) in a short conversation or an unusual one."""
+    for j in range(a - CONTEXT, max(a - CONTEXT - 2, first), -1):
+        if messages[j].get("role") == "user":
+            return j
+    return first
+
+
 def tokenize_chat(tokenizer, messages: list[dict], train_on: str = "all_assistant") -> Tokenized:
     """Token ids and labels of one conversation; which tokens carry loss is set by `train_on`."""
     check_train_on(train_on)
@@ -160,7 +242,8 @@ def tokenize_chat(tokenizer, messages: list[dict], train_on: str = "all_assistan
     full = render(tokenizer, messages)
     # In "all" everything is learnt except answers weighted 0; otherwise only the kept answers.
     marked = dropped if train_on == "all" else kept
-    spans = [answer_span(tokenizer, messages, i, full) for i in marked]
+    spans = _merged(_spans(tokenizer, messages, marked, full))
+    starts = [a for a, _ in spans]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     bos = missing_bos(tokenizer, ids)
@@ -168,10 +251,22 @@ def tokenize_chat(tokenizer, messages: list[dict], train_on: str = "all_assistan
         ids, offsets = [bos, *ids], [(0, 0), *offsets]
     labels = [IGNORE] * len(ids)
     for j, (s, e) in enumerate(offsets):
-        inside = e > s and any(a <= s < b for a, b in spans)
+        k = bisect_right(starts, s) - 1  # the span starting at or before this token, if any
+        inside = e > s and k >= 0 and s < spans[k][1]
         if inside != (train_on == "all"):
             labels[j] = ids[j]
     return Tokenized(ids, labels, len(kept))
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The same characters as sorted, non-overlapping spans, so each token finds its span by bisection."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
