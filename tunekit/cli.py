@@ -6,9 +6,11 @@ Any TunekitError exits with code 2 and one clear message; `--debug` shows the tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunekit.errors import TunekitError
@@ -19,7 +21,9 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     p.add_argument("config", help="the run's YAML config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. train.lr=1e-4")
     p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
-    p.add_argument("--force", action="store_true", help="redo stages even if already done")
+    p.add_argument("--force", action="store_true",
+                   help="redo stages even if already done (what they replace is moved to <run>/.previous/); "
+                        "also lets this config take over a run folder another config file created")
     return p
 
 
@@ -90,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _own_run(run_dir: Path, config_file: str, cfg, force: bool = False) -> Iterator[None]:
+    """Hold the run folder's lock, and refuse it when another config file owns it (runfolder.py)."""
+    from tunekit import runfolder
+
+    with runfolder.locked(run_dir):
+        runfolder.claim(run_dir, config_file, cfg, force)
+        yield
+
+
 def _cmd_stage(args) -> int:
     from tunekit import pipeline
     from tunekit.config import load_config
@@ -97,16 +111,19 @@ def _cmd_stage(args) -> int:
     from tunekit.progress import console
 
     if getattr(args, "resume", False) and args.force:
-        # --force deletes the checkpoints --resume asks to continue from.
+        # --force sets aside the checkpoints --resume asks to continue from.
         raise ConfigError("--resume continues from the last checkpoint and --force starts over; give one of them")
     cfg = load_config(args.config, args.overrides)
     run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
     resume = not getattr(args, "no_resume", False)
+    with _own_run(run_dir, args.config, cfg, args.force):
+        if args.command == "run":
+            report = pipeline.run_all(cfg, run_dir, force=args.force, resume=resume)
+        else:
+            result = pipeline.run_stage(cfg, run_dir, args.command, force=args.force, resume=resume)
     if args.command == "run":
-        report = pipeline.run_all(cfg, run_dir, force=args.force, resume=resume)
         _print_headline(run_dir, report)
         return 0
-    result = pipeline.run_stage(cfg, run_dir, args.command, force=args.force, resume=resume)
     if args.command == "report":
         _print_headline(run_dir, run_dir / "report.md")
     elif result is not None:
@@ -141,7 +158,9 @@ def _cmd_export(args) -> int:
     if args.target.endswith((".yaml", ".yml")) and Path(args.target).is_file():
         cfg = load_config(args.target, args.overrides)
         cfg = cfg.model_copy(update={"export": _export_settings(cfg.export.model_dump(), chosen)})
-        pipeline.run_stage(cfg, pipeline.run_dir_for(cfg, args.runs_dir), "export", force=True)
+        run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
+        with _own_run(run_dir, args.target, cfg):
+            pipeline.run_stage(cfg, run_dir, "export", force=True)
         return 0
     if args.overrides:
         raise ConfigError(f"key=value overrides apply to a config YAML, and {args.target} is not one; use the options (--format ...)")
@@ -153,7 +172,10 @@ def _cmd_export(args) -> int:
     if args.out is None and target.run_dir is None:
         raise ConfigError(f"{args.target} is not a run, so there is no run folder to export into; give --out FOLDER")
     out = Path(args.out) if args.out else target.run_dir / "export"
-    export_target(target, e.formats, out, e.dtype, e.gguf_type, e.check_answers)
+    from tunekit.runfolder import locked
+
+    with locked(target.run_dir) if target.run_dir else contextlib.nullcontext():
+        export_target(target, e.formats, out, e.dtype, e.gguf_type, e.check_answers)
     print(f"export done: {out} (figures in {out / 'export.json'})")
     return 0
 
@@ -166,7 +188,9 @@ def _cmd_plan(args) -> int:
 
     fractions = parse_fractions(args.fractions)  # a typo fails now, not after the probe
     cfg = load_config(args.config, args.overrides)
-    run_plan(cfg, pipeline.run_dir_for(cfg, args.runs_dir), curve=args.curve, fractions=fractions)
+    run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
+    with _own_run(run_dir, args.config, cfg):
+        run_plan(cfg, run_dir, curve=args.curve, fractions=fractions)
     return 0
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
-from tunekit import atomic
+from tunekit import atomic, runfolder
 from tunekit.config import Config, dump_config
 from tunekit.progress import console
 
@@ -27,6 +26,15 @@ _DEPENDS = {
     "export": ("seed", "model", "data", "method", "train", "export"),
 }
 
+
+# What each stage writes: what a rerun of it replaces, and so sets aside (runfolder.set_aside).
+_OUTPUTS = {
+    "prepare": ("data",),
+    "train": ("checkpoints", "metrics.jsonl", "train_state.json", "loss.png", "tensorboard"),
+    "eval": ("eval",),
+    "report": ("report.md", "report.html"),
+    "export": ("export",),
+}
 
 # Settings that change how a run is carried out, not what it computes.
 _NO_EFFECT = ("threads", "log_every", "save_every", "keep_last")
@@ -58,6 +66,31 @@ def is_done(cfg: Config, run_dir: Path, stage: str) -> bool:
 def _invalidate_from(run_dir: Path, stage: str) -> None:
     for later in STAGES[STAGES.index(stage):]:
         _marker(run_dir, later).unlink(missing_ok=True)
+
+
+def _checkpoints_hash(run_dir: Path) -> str | None:
+    """The config hash the newest checkpoint was trained with (None: no checkpoint)."""
+    from tunekit.train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir / "checkpoints")
+    return json.loads((found[-1][1] / "state.json").read_text()).get("config_hash") if found else None
+
+
+def replaced_outputs(cfg: Config, run_dir: Path, stage: str, force: bool, resume: bool) -> list[Path]:
+    """What running `stage` now would replace: the outputs of it and every later stage that
+    finished with other inputs (with `force`, all but the exports); and the checkpoints of an unfinished
+    training that cannot be continued (another config, or `resume` off)."""
+    out = []
+    for later in STAGES[STAGES.index(stage):]:
+        m = _marker(run_dir, later)
+        # Exports are rewritten format by format (`tunekit export` forces the stage for one format, and
+        # the others stay); they are set aside only when made from other inputs.
+        done_before = m.is_file() and ((force and later != "export") or json.loads(m.read_text()).get("hash") != stage_hash(cfg, later))
+        unfinished_train = later == "train" and (_checkpoints_hash(run_dir) not in (None, "", stage_hash(cfg, "train"))
+                                                 or (stage == "train" and not resume))
+        if done_before or unfinished_train:
+            out += [run_dir / name for name in _OUTPUTS[later] if (run_dir / name).exists()]
+    return out
 
 
 def _resolve_model(cfg: Config) -> Path:
@@ -126,9 +159,17 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resum
     if not force and is_done(cfg, run_dir, stage):
         console.print(f"[dim]{stage}: already done (use --force to redo)[/]")
         return None
+    # Before anything in the run folder changes: a bad config leaves the last good run intact.
+    if stage == "export" and not cfg.export.formats:
+        from tunekit.errors import ConfigError
+
+        raise ConfigError("export.formats is empty; set it, e.g. `export.formats=[adapter, merged]`")
     if stage in _USES_MODEL:
-        # Before anything in the run folder changes: a bad config leaves the last good run intact.
         check_model_limits(cfg)
+    replaced = replaced_outputs(cfg, run_dir, stage, force, resume)
+    if replaced:
+        kept = runfolder.set_aside(run_dir, replaced, runfolder.previous_key(run_dir))
+        console.print(f"[dim]moved what this rerun replaces ({', '.join(p.name for p in replaced)}) to {kept}[/]")
     _invalidate_from(run_dir, stage)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -167,9 +208,6 @@ def _prepare(cfg: Config, run_dir: Path, **_) -> dict:
 def _train(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True) -> dict:
     from tunekit.train.loop import train
 
-    if force:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     path = _resolve_model(cfg)
     result = train(cfg, run_dir, path, load_run_tokenizer(cfg, path), resume=resume and not force, config_hash=stage_hash(cfg, "train"))
     console.print(f"trained {result['steps']} steps in {result['seconds']:.0f}s at {result['tokens_per_s']:.0f} tokens/s; "
@@ -191,12 +229,9 @@ def _report(cfg: Config, run_dir: Path, **_) -> dict:
 
 
 def _export(cfg: Config, run_dir: Path, **_) -> dict:
-    from tunekit.errors import ConfigError
     from tunekit.export.run import export_target
     from tunekit.models.tuned import resolve_target
 
-    if not cfg.export.formats:
-        raise ConfigError("export.formats is empty; set it, e.g. `export.formats=[adapter, merged]`")
     e = cfg.export
     return export_target(resolve_target(str(run_dir)), e.formats, run_dir / "export", e.dtype, e.gguf_type, e.check_answers)
 

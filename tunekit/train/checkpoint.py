@@ -92,11 +92,29 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
     for stale in ckpt_root.glob(".step-*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
     found = list_checkpoints(ckpt_root)
-    keep = {s for s, _ in found[-keep_last:]} | {state.get("best")}
+    keep = {s for s, _ in found[-keep_last:]} | {state.get("best")} | _named_by_train_state(ckpt_root.parent)
     for s, old in found:
         if s not in keep:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _named_by_train_state(run_dir: Path) -> set[int]:
+    """Steps of the checkpoints a finished training recorded: later stages load them, so pruning
+    never removes them, whatever their step number."""
+    state = run_dir / "train_state.json"
+    if not state.is_file():
+        return set()
+    try:
+        named = json.loads(state.read_text())
+    except ValueError:
+        return set()
+    steps = set()
+    for key in ("final_checkpoint", "best_checkpoint"):
+        m = _STEP.match(Path(named.get(key) or "").name)
+        if m:
+            steps.add(int(m.group(1)))
+    return steps
 
 
 def _write_failure(final: Path, e: OSError) -> str:

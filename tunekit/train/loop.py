@@ -15,14 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tunekit import atomic, hardware
+from tunekit import atomic, hardware, runfolder
 from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
 from tunekit.data.pack import collate_packed
@@ -367,13 +366,17 @@ def _tensorboard_dir(cfg: Config, run_dir: Path) -> Path | None:
 def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, scaler, resume: bool, config_hash: str) -> tuple[int, dict]:
     """(step to continue after, that checkpoint's state); (0, {}) for a fresh start."""
     found = checkpoint.list_checkpoints(ckpt_root)
-    if not found or not resume:
+    if not found:
         return 0, {}
     step, path = found[-1]
-    if config_hash and json.loads((path / "state.json").read_text()).get("config_hash") not in ("", config_hash):
-        # Checkpoints of another config cannot be continued; keeping them would mix two runs.
-        console.print(f"checkpoints in {ckpt_root} come from a different config; starting training over")
-        shutil.rmtree(ckpt_root, ignore_errors=True)
+    theirs = json.loads((path / "state.json").read_text()).get("config_hash")
+    if not resume or (config_hash and theirs not in ("", config_hash)):
+        # Checkpoints of another config cannot be continued, and a fresh start numbers its own from
+        # step 1: left in place, the old ones would be mixed with the new and pruned in their stead.
+        # (The pipeline sets them aside before this stage runs; this is for callers of train() alone.)
+        kept = runfolder.set_aside(ckpt_root.parent, [ckpt_root], f"checkpoints-{theirs or 'unknown'}")
+        why = "you asked for a fresh start" if not resume else "they come from a different config"
+        console.print(f"checkpoints in {ckpt_root} are not continued ({why}); moved to {kept}")
         return 0, {}
     state = checkpoint.load(path, model, optimizer, scheduler, scaler)
     console.print(f"resuming from {path} (step {step})")
