@@ -7,7 +7,9 @@ Each held-out item is scored by every metric it supports; the primary metric, wh
 verdict uses, is chosen from what the items carry (tunekit/eval/scoring.py).
 
 Writes `eval/predictions.jsonl` (every question, reference, each contender's answer and
-its value per metric) and `eval/scores.json`.
+its value per metric) and `eval/scores.json`. Until then every finished batch of answers, and
+each loss, is journaled in `eval/partial/` (tunekit/eval/partial.py): a killed stage's rerun
+generates only the batches left and writes the same files an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from tunekit.config import Config
 from tunekit.data.batches import load_examples
 from tunekit.data.records import Record, load_records
 from tunekit.errors import DataError
-from tunekit.eval import forgetting
+from tunekit.eval import forgetting, partial
 from tunekit.eval.fewshot import ShotIndex, few_shot_messages
-from tunekit.eval.generate import greedy_answers
 from tunekit.eval.metrics import perplexity
 from tunekit.eval.scoring import METRIC_LABELS, score
 from tunekit.hardware import for_inference
@@ -88,46 +89,67 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     few_shot_pool = None
     check_forgetting = cfg.eval.forgetting and "tuned" in cfg.eval.contenders
 
-    precision = run_precision(run_dir, model_path, cfg.train.precision)
-    console.print(f"[bold]precision[/] {precision.describe()}")
-    pack_to = cfg.data.max_length if cfg.data.packing else None
-    # One model in memory at a time: everything the base model does happens before it is replaced.
-    # Its held-out loss is measured as training measured the tuned model's: a full fine-tune's
-    # fp32 weights under autocast; for LoRA, the base cast to the compute dtype (cast_frozen).
-    model = load_model(model_path, cfg.model.dtype)
-    answers: dict[str, list[str]] = {}
-    losses: dict[str, float] = {}
-    if valid_ex and cfg.method.kind == "full":
-        losses["base"] = evaluate_loss(model.to(precision.device), valid_ex, pad, bs, pack_to, precision)
-    model = for_inference(model, precision)
-    if valid_ex and "base" not in losses:
-        losses["base"] = evaluate_loss(model, valid_ex, pad, bs, pack_to, precision)
-    if questions and "base" in cfg.eval.contenders:
-        answers["base"] = greedy_answers(model, tokenizer, questions, new, bs, "eval base")
     shots = [r.messages for r in train_records if r.messages]  # documents are no examples to show
+    few_shot_prompts = []
     if questions and shots and "few_shot" in cfg.eval.contenders and cfg.eval.few_shot_k > 0:
         index = ShotIndex(shots)
         if not index.shots:
             console.print("[yellow]warning[/] few-shot: no training conversation is a single user turn and its answer, "
                           "so the few-shot prompt has no examples and this contender is the base model again")
         few_shot_pool = len(index.shots)
-        prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
-        answers["few_shot"] = greedy_answers(model, tokenizer, prompts, new, bs, "eval few-shot")
+        few_shot_prompts = [few_shot_messages(index, q, cfg.eval.few_shot_k) for q in questions]
+
+    precision = run_precision(run_dir, model_path, cfg.train.precision)
+    console.print(f"[bold]precision[/] {precision.describe()}")
+    pack_to = cfg.data.max_length if cfg.data.packing else None
+    # What each model has to do, as journals (eval/partial.py): a killed run's rerun does only the rest.
+    base_id = {"model_config": cfg.model.model_dump(mode="json"), "precision": [precision.name, precision.device.type],
+               "base_model": [str(model_path), partial.fingerprint(model_path)]}
+    base_jobs = _jobs(cfg, run_dir, "base", base_id, tokenizer, valid_ex,
+                      {"base": questions if "base" in cfg.eval.contenders else [], "few_shot": few_shot_prompts})
+    tuned_jobs: dict[str, partial.Journal] = {}
+    if "tuned" in cfg.eval.contenders:
+        ckpt, trained_loss = tuned_checkpoint(run_dir)
+        tuned_id = {**base_id, "checkpoint": [str(ckpt), partial.fingerprint(ckpt)]}
+        tuned_jobs = _jobs(cfg, run_dir, "tuned", tuned_id, tokenizer, valid_ex if trained_loss is None else [],
+                           {"tuned": questions})
+
+    # One model in memory at a time: everything the base model does happens before it is replaced;
+    # a model whose work the journals hold whole is not loaded at all.
+    # The base model's held-out loss is measured as training measured the tuned model's: a full
+    # fine-tune's fp32 weights under autocast; for LoRA, the base cast to the compute dtype (cast_frozen).
+    model = None
+    answers: dict[str, list[str]] = {}
+    losses: dict[str, float] = {}
+    if not all(j.complete for j in base_jobs.values()):
+        model = load_model(model_path, cfg.model.dtype)
+        if "loss" in base_jobs and cfg.method.kind == "full":
+            losses["base"] = partial.value(base_jobs["loss"], lambda: evaluate_loss(
+                model.to(precision.device), valid_ex, pad, bs, pack_to, precision))
+        model = for_inference(model, precision)
+    if "loss" in base_jobs and "base" not in losses:
+        losses["base"] = partial.value(base_jobs["loss"], lambda: evaluate_loss(model, valid_ex, pad, bs, pack_to, precision))
+    for c, label in (("base", "eval base"), ("few_shot", "eval few-shot")):
+        if c in base_jobs:
+            conversations = questions if c == "base" else few_shot_prompts
+            answers[c] = partial.answers(base_jobs[c], model, tokenizer, conversations, new, bs, label)
     t_check = time.perf_counter()
-    base_probe = forgetting.probe(model, tokenizer, bs, "base") if check_forgetting else None
+    base_probe = _probe(base_jobs, model, tokenizer, bs, "base") if check_forgetting else None
     t_check = time.perf_counter() - t_check
     forgot: dict = {}
     if "tuned" in cfg.eval.contenders:
-        del model
-        model = for_inference(load_tuned(cfg, run_dir, model_path), precision)
+        model = None
+        if not all(j.complete for j in tuned_jobs.values()):
+            model = for_inference(load_tuned(cfg, run_dir, model_path), precision)
         if valid_ex:
             # The train stage already measured these weights on this validation set.
-            losses["tuned"] = tuned_checkpoint(run_dir)[1] or evaluate_loss(model, valid_ex, pad, bs, pack_to, precision)
+            losses["tuned"] = trained_loss if trained_loss is not None else partial.value(
+                tuned_jobs["loss"], lambda: evaluate_loss(model, valid_ex, pad, bs, pack_to, precision))
         if questions:
-            answers["tuned"] = greedy_answers(model, tokenizer, questions, new, bs, "eval tuned")
+            answers["tuned"] = partial.answers(tuned_jobs["tuned"], model, tokenizer, questions, new, bs, "eval tuned")
         if base_probe is not None:
             t0 = time.perf_counter()
-            tuned_probe = forgetting.probe(model, tokenizer, bs, "tuned")
+            tuned_probe = _probe(tuned_jobs, model, tokenizer, bs, "tuned")
             forgot = forgetting.compare(base_probe, tuned_probe, cfg.eval.forgetting_threshold, cfg.seed)
             forgot["seconds"] = round(t_check + time.perf_counter() - t0, 1)  # both probes: what the check costs
     del model
@@ -148,8 +170,41 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
                      "correct": {c: v == 1.0 for c, v in facts.items()}, "metrics": per_item[i]})
     atomic.write_jsonl(run_dir / "eval" / "predictions.jsonl", rows)
     atomic.write_json(run_dir / "eval" / "scores.json", scores)
+    partial.clear(run_dir)  # only now: a kill before the line above resumes from the journals
     _print_scores(scores, cfg)
     return scores
+
+
+def _jobs(cfg: Config, run_dir: Path, name: str, model_id: dict, tokenizer, valid_ex: list,
+          contenders: dict[str, list]) -> dict[str, partial.Journal]:
+    """The journals of one model's work, each keyed by that work's inputs: "loss" (held-out loss; when
+    `valid_ex`), one per contender of `contenders` {contender: conversations} that has conversations, and
+    "probe text" and "probe answers" (the forgetting check)."""
+    root, bs = partial.folder(run_dir), cfg.eval.batch_size
+    jobs = {}
+    if valid_ex:
+        parts = {**model_id, "valid_examples": [[e.input_ids, e.labels] for e in valid_ex], "batch_size": bs,
+                 "pack_to": cfg.data.max_length if cfg.data.packing else None, "method": cfg.method.kind}
+        jobs["loss"] = partial.open_journal(root, f"{name}.loss", parts, 1)
+    for c, conversations in contenders.items():
+        if conversations:
+            jobs[c] = partial.answers_journal(root, f"{c}.answers", model_id, tokenizer, conversations,
+                                              cfg.eval.max_new_tokens, bs)
+    if cfg.eval.forgetting and "tuned" in cfg.eval.contenders:
+        text = {**model_id, "general_text": forgetting.TEXT_FILE.read_text(encoding="utf-8")}
+        jobs["probe text"] = partial.open_journal(root, f"forgetting-{name}.text-loss", text, 1)
+        jobs["probe answers"] = partial.answers_journal(root, f"forgetting-{name}.answers", model_id, tokenizer,
+                                                        forgetting.probe_prompts(), forgetting.ANSWER_TOKENS, bs)
+    return jobs
+
+
+def _probe(jobs: dict[str, partial.Journal], model, tokenizer, bs: int, label: str) -> dict:
+    """forgetting.probe, resumed from the journals (`model` may be None when they are complete)."""
+    text = forgetting.TEXT_FILE.read_text(encoding="utf-8")
+    loss, n_tokens = partial.value(jobs["probe text"], lambda: forgetting.text_loss(model, tokenizer, text))
+    answers = partial.answers(jobs["probe answers"], model, tokenizer, forgetting.probe_prompts(), forgetting.ANSWER_TOKENS,
+                              bs, f"forgetting {label}")
+    return forgetting.probe_result(loss, n_tokens, answers)
 
 
 def _print_scores(scores: dict, cfg: Config) -> None:

@@ -15,8 +15,9 @@ not clearly beyond the threshold is reported as a note.
 The second signal is the perplexity of about 2,000 words of public-domain English prose;
 a rise beyond the same threshold is reported as a note beside the verdict.
 
-`probe` measures one model; `compare` turns two probes into the scores.json entry;
-`forgetting_verdict` is the rule itself, over plain numbers.
+`probe` measures one model (the eval stage runs its parts, `text_loss` and greedy answers
+to `probe_prompts`, one at a time and joins them with `probe_result`); `compare` turns two
+probes into the scores.json entry; `forgetting_verdict` is the rule itself, over plain numbers.
 """
 
 from __future__ import annotations
@@ -79,9 +80,19 @@ def text_loss(model, tokenizer, text: str, max_chunk: int = MAX_CHUNK) -> tuple[
 def probe(model, tokenizer, batch_size: int, label: str) -> dict:
     """One model's side of the check: {"perplexity", "text_tokens", "answers", "correct"} (1.0/0.0 per question)."""
     loss, n_tokens = text_loss(model, tokenizer, TEXT_FILE.read_text(encoding="utf-8"))
+    answers = greedy_answers(model, tokenizer, probe_prompts(), ANSWER_TOKENS, batch_size, f"forgetting {label}")
+    return probe_result(loss, n_tokens, answers)
+
+
+def probe_prompts() -> list[list[dict]]:
+    """The conversations the probe answers, in the order of load_questions."""
+    return [_asked(q["messages"]) for q in load_questions()]
+
+
+def probe_result(loss: float, n_tokens: int, answers: list[str]) -> dict:
+    """`probe`'s result from its parts: the general-text loss and its length, and the answers to probe_prompts
+    (the eval stage measures the parts one at a time, so a killed run can resume between them)."""
     questions = load_questions()
-    answers = greedy_answers(model, tokenizer, [_asked(q["messages"]) for q in questions], ANSWER_TOKENS, batch_size,
-                             f"forgetting {label}")
     return {"perplexity": perplexity(loss), "text_tokens": n_tokens, "answers": answers,
             "correct": [float(states_facts(a, q["required"])) for a, q in zip(answers, questions, strict=True)]}
 

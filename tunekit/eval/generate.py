@@ -40,6 +40,7 @@ bench/vs_trl.py (the real one; all 166 held-out prompts give identical tokens).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -331,19 +332,35 @@ def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_to
 def greedy_outputs(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
                    label: str) -> list[tuple[str, bool]]:
     """(greedy answer text, whether it ended by itself before max_new_tokens) per conversation."""
+    answers: list[tuple[str, bool]] = [("", True)] * len(conversations)
+    for idx, outputs in greedy_batches(model, tokenizer, conversations, max_new_tokens, batch_size, label):
+        for i, out in zip(idx, outputs, strict=True):
+            answers[i] = out
+    return answers
+
+
+def greedy_batches(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int, label: str,
+                   skip: int = 0) -> Iterator[tuple[list[int], list[tuple[str, bool]]]]:
+    """Greedy answers a batch at a time: (indices of the batch's conversations, (text, ended) of each).
+
+    Batches are the conversations sorted by prompt length, cut every `batch_size`. `skip` leaves out the
+    first batches (a resumed eval has their answers, eval/partial.py); the others are exactly the batches
+    of a whole call, as batch composition can move the numerics and so the greedy tokens.
+    """
     was_training = model.training
     model.eval()
     prompts = [prompt_ids(tokenizer, c) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stop = stop_ids(model, tokenizer)
-    answers: list[tuple[str, bool]] = [("", True)] * len(prompts)
     shared = SharedPrefix.of(prompts) if prompts else None  # over all prompts: the template preamble runs once
-    with Bar(label, len(prompts)) as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            batch = [prompts[i] for i in idx]
-            for i, toks in zip(idx, greedy_batch(model, batch, max_new_tokens, stop, tokenizer.pad_token_id, shared)):
-                answers[i] = (tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks) < max_new_tokens)
-            bar.update(len(idx))
-    model.train(was_training)
-    return answers
+    first = min(skip * batch_size, len(order))
+    try:
+        with Bar(label, len(order) - first) as bar:
+            for s in range(first, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                batch = [prompts[i] for i in idx]
+                tokens = greedy_batch(model, batch, max_new_tokens, stop, tokenizer.pad_token_id, shared)
+                yield idx, [(tokenizer.decode(t, skip_special_tokens=True).strip(), len(t) < max_new_tokens) for t in tokens]
+                bar.update(len(idx))
+    finally:
+        model.train(was_training)
