@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import re
 
+from tunekit.data.nesting import TOO_DEEP, TooDeep, loads
+
 SIGNATURES = (
     ("chat", ("messages",)),
     ("sharegpt", ("conversations",)),
@@ -107,7 +109,9 @@ def _json_cell(value: object, field: str) -> object:
     """CSV and Parquet store a message list as a JSON string in one cell."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
-            parsed = json.loads(value)
+            parsed = loads(value)
+        except TooDeep:
+            raise FormatError("too_deep", f"'{field}' holds JSON that {TOO_DEEP}") from None
         except json.JSONDecodeError:
             raise FormatError("malformed_json", f"'{field}' holds text that is not valid JSON") from None
         if lone_surrogate(parsed, value):
@@ -175,8 +179,8 @@ def _turns(value: object, field: str, role: str, columns: dict[str, str]) -> lis
     prompt, and a completion may itself be JSON the model must learn to write."""
     if isinstance(value, str) and value.lstrip()[:1] == "[":
         try:
-            items = json.loads(value)
-        except json.JSONDecodeError:
+            items = loads(value)
+        except ValueError:  # not JSON (or too deep to be a message list): the user's text
             items = None
         keys = (columns.get("role", "role"), "role")
         if isinstance(items, list) and items and all(isinstance(m, dict) and any(k in m for k in keys) for m in items):

@@ -3,8 +3,9 @@
 Every container yields `Raw(source, line, value)`. `value` is the parsed record (a dict
 for JSON, CSV, Parquet and Arrow rows; {"text": ...} for a .txt/.md document) or a
 `Problem` for something that could not be parsed. A bad record never raises: only a file
-that cannot be read at all (missing, empty, binary, of unknown type) raises DataError,
-naming the file and what to do.
+that cannot be read at all (missing, empty, binary, of unknown type, damaged inside)
+raises DataError, naming the file and what to do. JSON nested deeper than nesting.MAX_DEPTH
+is a `too_deep` Problem, found before it is parsed (the parser itself would overflow).
 
 The container is found from the content where the content is unambiguous (a JSON object
 or array, Parquet or Arrow magic bytes), else from the extension. So a `.csv` that holds
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunekit.data.formats import LONE_SURROGATE, detect, lone_surrogate
+from tunekit.data.nesting import TOO_DEEP, TooDeep, decoder_for, loads, skip_value
 from tunekit.errors import DataError
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
@@ -124,7 +126,7 @@ def _iter_file(path: Path, kind: str, notes: list[str]) -> Iterator[Raw]:
 
 def _iter_folder(root: Path, notes: list[str]) -> Iterator[Raw]:
     if (root / "dataset_dict.json").is_file():
-        splits = json.loads((root / "dataset_dict.json").read_text()).get("splits", [])
+        splits = _manifest(root / "dataset_dict.json").get("splits", [])
         if "train" not in splits:
             raise DataError(f"{root} is a saved DatasetDict with splits {splits} and no 'train'; point data.train at one split's folder")
         notes.append(f"{root.name}: saved DatasetDict; reading its 'train' split")
@@ -168,7 +170,10 @@ def _jsonl(path: Path) -> Iterator[Raw]:
             if not text.strip():
                 continue
             try:
-                value = json.loads(text.rstrip("\r\n"))  # a line cut inside a string ends there, not at a control character
+                value = loads(text.rstrip("\r\n"))  # a line cut inside a string ends there, not at a control character
+            except TooDeep:
+                yield Raw(src, n, Problem("too_deep", f"line {TOO_DEEP}", text[:RAW_KEEP].rstrip("\r\n")))
+                continue
             except json.JSONDecodeError as e:
                 detail = f"line is not valid JSON ({e.msg} at column {e.colno}); is it truncated or two records on one line?"
                 yield Raw(src, n, Problem("malformed_json", detail, text[:RAW_KEEP].rstrip("\r\n")))
@@ -184,15 +189,19 @@ def _json(path: Path) -> Iterator[Raw]:
     src = str(path)
     # surrogateescape: a bad byte rejects the record that holds it, not the whole file.
     text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    dec = json.JSONDecoder()
+    dec = decoder_for(text)
     pos = _skip_ws(text, 0)
     if text[pos] == "{":
         try:
             obj, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            # {"data": [... cut short: every complete record before the break. Else JSON Lines.
-            inner = None if _looks_like_lines(text) else _member_array(text, pos)
-            yield from _jsonl(path) if inner is None else _array(src, text, inner)
+        except (json.JSONDecodeError, TooDeep) as e:
+            # {"data": [... cut short, or holding a record nested too deep: every record
+            # before the break. Else JSON Lines, or one record too deep.
+            inner = None if _looks_like_lines(text) else _member_array(text, pos, dec)
+            if inner is None and isinstance(e, TooDeep):
+                yield Raw(src, 1, Problem("too_deep", f"record {TOO_DEEP}", _shown(text[pos : pos + RAW_KEEP])))
+                return
+            yield from _jsonl(path) if inner is None else _array(src, text, inner, dec)
             return
         if _skip_ws(text, end) < len(text):
             yield from _jsonl(path)
@@ -200,16 +209,15 @@ def _json(path: Path) -> Iterator[Raw]:
         keys = [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         # {"data": [...], "version": ...}, but not one record whose list holds its messages
         if len(keys) == 1 and len(obj) <= 3 and detect(obj) is None and not {"role", "from"} & obj[keys[0]][0].keys():
-            yield from _array(src, text, _member_array(text, pos, keys[0]))
+            yield from _array(src, text, _member_array(text, pos, dec, keys[0]), dec)
         else:
             yield _checked(src, 1, obj, text, pos, end)
         return
-    yield from _array(src, text, pos)
+    yield from _array(src, text, pos, dec)
 
 
-def _array(src: str, text: str, pos: int) -> Iterator[Raw]:
+def _array(src: str, text: str, pos: int, dec: json.JSONDecoder) -> Iterator[Raw]:
     """Items of the JSON array that opens at `pos`, each with the line it starts on."""
-    dec = json.JSONDecoder()
     # Decode item by item so a truncated array still yields every complete record.
     pos, line, counted = pos + 1, 1, 0
     while True:
@@ -224,7 +232,13 @@ def _array(src: str, text: str, pos: int) -> Iterator[Raw]:
             detail = f"JSON array breaks here ({e.msg}); the file may be truncated. Records before this line were read"
             yield Raw(src, line, Problem("malformed_json", detail, _shown(text[pos : pos + RAW_KEEP])))
             return
-        yield _checked(src, line, item, text, pos, end)
+        except TooDeep:
+            yield Raw(src, line, Problem("too_deep", f"record {TOO_DEEP}", _shown(text[pos : pos + RAW_KEEP])))
+            end = skip_value(text, pos)
+            if end is None:  # it never closes: nothing after it can be read as records
+                return
+        else:
+            yield _checked(src, line, item, text, pos, end)
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
             pos += 1
@@ -251,17 +265,16 @@ def _looks_like_lines(text: str) -> bool:
     """JSON Lines: the first or second non-blank line is a JSON value on its own."""
     for line in [x for x in text.split("\n", 8) if x.strip()][:2]:
         try:
-            json.loads(line)
+            loads(line)
             return True
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or too deep to tell
             continue
     return False
 
 
-def _member_array(text: str, pos: int, key: str | None = None) -> int | None:
+def _member_array(text: str, pos: int, dec: json.JSONDecoder, key: str | None = None) -> int | None:
     """Where the array value of member `key` of the object at `pos` opens; with no key,
-    the array member where the text stops parsing (a file cut short), if any."""
-    dec = json.JSONDecoder()
+    the array member where the text stops parsing (a file cut short, a record too deep), if any."""
     pos = _skip_ws(text, pos + 1)
     try:
         while text[pos : pos + 1] == '"':
@@ -274,7 +287,7 @@ def _member_array(text: str, pos: int, key: str | None = None) -> int | None:
                 return pos
             try:
                 _, pos = dec.raw_decode(text, pos)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, TooDeep):
                 return start if key is None and text[start : start + 1] == "[" else None
             pos = _skip_ws(text, pos)
             if text[pos : pos + 1] == ",":
@@ -325,9 +338,17 @@ def _csv(path: Path) -> Iterator[Raw]:
 
 
 def _table_rows(src: str, batches) -> Iterator[Raw]:
-    n = 0
-    for batch in batches:
-        for row in batch.to_pylist():
+    n, batches = 0, iter(batches)
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = [] if batch is None else batch.to_pylist()
+        except Exception as e:  # pyarrow raises OSError, ArrowInvalid ... for a damaged page
+            raise DataError(f"{src} is damaged: rows from {n + 1} on cannot be read ({e}). "
+                            "Export it again, or convert the readable part to JSONL and point data.train at that") from None
+        if batch is None:
+            return
+        for row in rows:
             n += 1
             yield Raw(src, n, row)
 
@@ -362,8 +383,8 @@ def _arrow(path: Path) -> Iterator[Raw]:
 
 def _saved_dataset(root: Path, notes: list[str]) -> Iterator[Raw]:
     """A folder written by `datasets.Dataset.save_to_disk`: state.json lists its Arrow files."""
-    state = json.loads((root / "state.json").read_text())
-    files = [root / f["filename"] for f in state.get("_data_files", [])]
+    state = _manifest(root / "state.json")
+    files = [root / f["filename"] for f in state.get("_data_files", []) if isinstance(f, dict) and "filename" in f]
     if not files:
         raise DataError(f"{root}/state.json lists no data files; is the dataset folder complete?")
     notes.append(f"{root.name}: dataset saved with save_to_disk ({len(files)} Arrow file(s))")
@@ -371,6 +392,19 @@ def _saved_dataset(root: Path, notes: list[str]) -> Iterator[Raw]:
         if not p.is_file():
             raise DataError(f"{p} is listed in {root}/state.json but missing")
         yield from _arrow(p)
+
+
+def _manifest(path: Path) -> dict:
+    """A `datasets` folder's JSON description (dataset_dict.json, state.json)."""
+    try:
+        value = loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TooDeep are ValueErrors
+        raise DataError(f"{path} cannot be read ({e}); it describes a saved dataset: save it again, "
+                        "or move it away and point data.train at the data files") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path} is not a JSON object; it describes a saved dataset: save it again, "
+                        "or move it away and point data.train at the data files")
+    return value
 
 
 def _text(path: Path) -> Iterator[Raw]:
