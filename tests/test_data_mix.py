@@ -210,7 +210,7 @@ def test_report_and_inspect_show_a_source_table(tmp_path, tiny_tokenizer):
     assert "data.mix: 2 sources" in text and "s0.jsonl" in text and "s1.jsonl" in text
 
 
-def test_cli_inspects_each_mix_source(tmp_path, tiny_model_dir, offline_home, capsys):
+def test_cli_inspects_each_mix_source(tmp_path, tiny_model_dir, offline_home, capsys, monkeypatch):
     from helpers import write_config
 
     from tunekit.cli import main
@@ -219,10 +219,11 @@ def test_cli_inspects_each_mix_source(tmp_path, tiny_model_dir, offline_home, ca
     write_jsonl(tmp_path / "b" / "y.jsonl", chats(25, "b", 2))
     cfg = write_config(tmp_path / "c.yaml", {"model": {"base": str(tiny_model_dir)},
                                              "data": {"mix": [{"path": "a/x.jsonl", "weight": 1}, {"path": "b/y.jsonl", "weight": 3}]}})
+    monkeypatch.chdir(tmp_path)
     assert main(["data", "inspect", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "data.mix: 2 sources" in out and "x.jsonl" in out and "y.jsonl" in out and "75%" in out
-    folder = tmp_path / "c.inspect"  # beside the config: the sources live in different folders
+    folder = tmp_path / "runs" / "inspect" / "c"  # named after the config: the sources live in different folders
     saved = json.loads((folder / "inspect.json").read_text())
     assert [s["records"]["read"] for s in saved["sources"]] == [20, 25]
     assert (folder / "token_lengths.0.png").is_file() and (folder / "token_lengths.1.png").is_file()

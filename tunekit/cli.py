@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-length", type=int, help="tokens per example (default: the config's, else 512)")
     ins.add_argument("--train-on", choices=("all_assistant", "last_assistant", "all"), help="which tokens carry loss")
     ins.add_argument("--epochs", type=float, help="for the tokens-per-run figure (default: the config's, else 1)")
-    ins.add_argument("--out", help="folder for inspect.json and token_lengths.png (default: <data name>.inspect beside the data)")
+    ins.add_argument("--out", help="folder for inspect.json and token_lengths.png "
+                                   "(default: runs/inspect/<data or config name>/ under the current folder)")
     ins.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     return parser
 
@@ -283,12 +284,17 @@ def _cmd_models(args) -> int:
 
 
 def _inspect_out(data: Path, out: str | None) -> Path:
-    """--out, else `<name>.inspect/` beside the data (one folder per dataset), else in the cwd."""
-    if out:
-        return Path(out)
-    name = (data.stem if data.is_file() else data.resolve().name) + ".inspect"
-    parent = data.resolve().parent
-    return parent / name if os.access(parent, os.W_OK) else Path.cwd() / name
+    """--out, else runs/inspect/<name>/ under the current folder, created. Never beside the
+    data: its folder may be read-only, shared, or a dataset someone else keeps tidy."""
+    from tunekit.errors import ConfigError
+
+    folder = Path(out) if out else Path("runs") / "inspect" / (data.stem if data.is_file() else data.resolve().name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write the inspection to {folder} ({e.strerror or e}); "
+                          "give --out FOLDER, a folder you can write to") from None
+    return folder
 
 
 def _cmd_data(args) -> int:

@@ -5,6 +5,7 @@ clusters, the warnings, the histogram PNG, and the command line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
@@ -196,16 +197,23 @@ def test_missing_path_and_bad_settings(tmp_path, tiny_tokenizer):
         inspect_data(tmp_path, tiny_tokenizer, fmt="csv")
 
 
-def test_cli_text_json_and_files(tmp_path, tiny_model_dir, offline_home, capsys):
+def test_cli_text_json_and_files(tmp_path, tiny_model_dir, offline_home, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "data" / "train.jsonl", rows_fixture())
-    assert main(["data", "inspect", str(path), "--model", str(tiny_model_dir), "--max-length", "60"]) == 0
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    path.parent.chmod(0o555)  # a read-only data folder (root writes there anyway: checked below)
+    try:
+        assert main(["data", "inspect", str(path), "--model", str(tiny_model_dir), "--max-length", "60"]) == 0
+    finally:
+        path.parent.chmod(0o755)
     out = capsys.readouterr().out
     assert "Warnings:" in out and "far too few" in out and "Exact duplicates: 1 clusters" in out
-    folder = tmp_path / "data" / "train.inspect"  # the default: beside the data
+    folder = Path("runs") / "inspect" / "train"  # the default: under the current folder, named after the data
     assert f"wrote {folder / 'inspect.json'}" in out
     assert (folder / "token_lengths.png").read_bytes().startswith(PNG)
     saved = json.loads((folder / "inspect.json").read_text())
     assert saved["settings"]["max_length"] == 60 and saved["model"] == str(tiny_model_dir)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.jsonl"]  # nothing left beside the data
 
     assert main(["data", "inspect", str(path), "--model", str(tiny_model_dir), "--json", "--train-on", "all",
                  "--out", str(tmp_path / "o")]) == 0
@@ -226,6 +234,15 @@ def test_cli_takes_settings_from_a_config(tmp_path, tiny_model_dir, offline_home
     report = json.loads(capsys.readouterr().out)
     assert report["source"] == str(path) and report["settings"]["max_length"] == 200
     assert report["per_epoch"]["epochs"] == 3
+
+
+def test_cli_says_where_it_cannot_write(tmp_path, tiny_model_dir, offline_home, capsys, monkeypatch):
+    path = write_jsonl(tmp_path / "train.jsonl", distinct(3))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where the runs folder would be")
+    assert main(["data", "inspect", str(path), "--model", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and str(Path("runs") / "inspect" / "train") in err and "--out" in err
 
 
 def test_cli_errors_exit_2(tmp_path, tiny_model_dir, offline_home, capsys):
