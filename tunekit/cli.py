@@ -401,10 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     import torch  # loaded by the libraries just quieted; named here for its OutOfMemoryError
 
+    from tunekit.stopping import Interrupted, stop_on_signals
+
     try:
         commands = {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan, "export": _cmd_export, "chat": _cmd_chat,
                     "generate": _cmd_generate, "doctor": _cmd_doctor}
-        return commands.get(args.command, _cmd_stage)(args)
+        with stop_on_signals():
+            return commands.get(args.command, _cmd_stage)(args)
+    except Interrupted as e:  # SIGTERM or SIGINT: cleanup has run, and training saved where it stopped
+        if args.debug:
+            raise
+        print(f"tunekit: {e}; rerun the same command to resume", file=sys.stderr)
+        return e.exit_code
     except torch.OutOfMemoryError as e:  # training names its estimate itself; any other stage ends here
         if args.debug:
             raise

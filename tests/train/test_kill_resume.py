@@ -223,3 +223,29 @@ def test_sigkill_inside_checkpoint_writes_then_resume_matches_uninterrupted(refe
     assert _resumed_from(output) == 4
     _assert_same_as_reference(run_dir, reference)
     assert not list((run_dir / "checkpoints").glob(".*.partial"))  # the killed writes' leftovers are cleared
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_mid_training_saves_at_the_step_boundary_then_resume_matches_uninterrupted(reference, tmp_path, sig):
+    """Preemption sends SIGTERM: the step under way finishes, its checkpoint is written (here the
+    only one: periodic saves are off), the command exits 128 + the signal saying how to resume,
+    and the resumed run ends as the uninterrupted one."""
+    config, env, steps = reference["config"], reference["env"], reference["outcome"]["state"]["steps"]
+    runs = tmp_path / "runs"
+    run_dir = _prepare(config, runs)
+    log = tmp_path / "stopped.log"
+    cmd = _tunekit("train", str(config), "train.save_every=0", "--runs-dir", str(runs))
+    with _started(cmd, env, log) as proc:
+        _wait_for(lambda: len(_metrics(run_dir)) >= 3, proc, "three training steps", log)
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=WAIT_S) == 128 + sig
+    output = " ".join(_tail(log).split())
+    saved = _checkpoint_steps(run_dir)
+    assert len(saved) == 1 and 3 <= saved[0] < steps, saved
+    assert f"stopped by {signal.Signals(sig).name} after step {saved[0]} of {steps}" in output, output
+    assert "rerun the same command to resume" in output and "Traceback" not in output
+    assert max(m["step"] for m in _metrics(run_dir)) == saved[0]  # no step ran past the checkpoint
+
+    resumed = _run_to_end(_tunekit("train", str(config), "--runs-dir", str(runs)), env, tmp_path / "resumed.log")
+    assert _resumed_from(resumed) == saved[0]
+    _assert_same_as_reference(run_dir, reference)

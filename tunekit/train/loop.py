@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tunekit import atomic, hardware, runfolder
+from tunekit import atomic, hardware, runfolder, stopping
 from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
 from tunekit.data.pack import collate_packed
@@ -247,7 +247,8 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
 
     pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
-    with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log:
+    with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log, \
+            stopping.deferred() as stop:
         if start:
             bar.update(start)
         for step in range(start, plan.total_steps):
@@ -262,7 +263,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
             evaluating = bool(valid_ex) and (last or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0))
             periodic = bool(cfg.train.save_every and done % cfg.train.save_every == 0)
             logging = done % cfg.train.log_every == 0 or last or evaluating
-            if not (logging or periodic):  # nothing read on the host this step: no sync
+            if not (logging or periodic or stop.requested):  # nothing read on the host this step: no sync
                 bar.update(1)
                 continue
             loss, grad_norm = (float(x) for x in torch.stack([loss_t, norm_t.float()]).tolist())
@@ -286,8 +287,11 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
 
             if heldout.stopped_early:
                 console.print(f"[yellow]early stopping[/] after step {done}: {heldout.why_stopped()}")
-            if last or heldout.stopped_early or periodic or (improved and cfg.train.keep_best):
-                save(done)
+            if last or heldout.stopped_early or periodic or (improved and cfg.train.keep_best) or stop.requested:
+                saved = save(done)
+            if stop.requested and not last:  # SIGTERM/SIGINT: stopped at a step boundary, nothing lost
+                raise stopping.Interrupted(stop.signum, f"training stopped by {stop.name} after step {done} of "
+                                                        f"{plan.total_steps}; its checkpoint {saved} is written")
 
     final = ckpt_root / f"step-{done}"  # saved by the last step run, or the checkpoint resumed from
     if valid_loss is None and valid_ex:  # resumed after the last step: measure the final weights again
@@ -320,6 +324,8 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
         "estimated_peak_mb": round(estimate["total"] / 2**20),
     }
     atomic.write_json(run_dir / "train_state.json", result)
+    if stop.requested:  # received during the last step: training is complete, the stages after it wait
+        raise stopping.Interrupted(stop.signum, f"stopped by {stop.name} after the last training step (saved)")
     return result
 
 
