@@ -266,3 +266,21 @@ def test_tensorboard_mirrors_the_metrics(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind, kept", [("full", torch.float32), ("lora", torch.bfloat16)])
+def test_full_fine_tune_of_bf16_weights_keeps_fp32_master_weights(tmp_path, tiny_model_dir, offline_home, capsys, kind, kept):
+    """Pure-bf16 AdamW rounds away every update under 1/256 of a weight: a full fine-tune keeps fp32
+    masters (and says so); a LoRA kind's frozen base stays in the dtype asked for."""
+    raw = tiny_run_config(tmp_path, tiny_model_dir, 40, model={"base": str(tiny_model_dir), "dtype": "bfloat16"},
+                          method={"kind": kind})
+    cfg = Config.model_validate(raw)
+    run = tmp_path / "run"
+    pipeline.run_stage(cfg, run, "prepare")
+    s = loop.setup_training(cfg, run, tiny_model_dir, load_tokenizer(tiny_model_dir))
+    assert {p.dtype for p in s.params} == {torch.float32}
+    assert {p.dtype for p in s.model.parameters() if not p.requires_grad} <= {kept}
+    if kind == "full":
+        loop.train(cfg, run, tiny_model_dir, load_tokenizer(tiny_model_dir))
+        out = " ".join(capsys.readouterr().err.split())
+        assert "weights train as fp32 master copies" in out

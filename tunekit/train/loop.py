@@ -194,7 +194,7 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     train_ex = train_ex + replayed
     if before_model is not None:
         before_model(device)
-    model, summary = apply_method(load_model(model_path, cfg.model.dtype), cfg.method)
+    model, summary = apply_method(load_model(model_path, master_dtype(cfg)), cfg.method)
     if cfg.method.kind != "full":  # a full fine-tune saves every weight: none may be rounded
         cast_frozen(model, precision)
     # Padded batches are never wider than the longest example; packed rows fill max_length.
@@ -211,12 +211,27 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
                  pool, len(replayed))
 
 
+def master_dtype(cfg: Config) -> str:
+    """The dtype the trained weights are kept in: a full fine-tune always keeps fp32 master weights.
+
+    With bf16 weights AdamW would add each update to a number with 8 bits of mantissa: an
+    update under 1/256 of the weight rounds away (at lr 1e-5 nearly all of them), and training
+    silently stops learning. The forward still runs in bf16 under autocast where the precision
+    is bf16; the cost is 2 more bytes per weight, which the memory estimate counts. LoRA kinds
+    train fp32 adapters whatever the base's dtype, so `model.dtype` applies to them as given."""
+    return "float32" if cfg.method.kind == "full" else cfg.model.dtype
+
+
 def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool = True, config_hash: str = "") -> dict:
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     if cfg.train.tensorboard:
         require_tensorboard()  # now, not after the model has loaded
     s = setup_training(cfg, run_dir, model_path, tokenizer)
     console.print(f"[bold]precision[/] {s.precision.describe()}")
+    if master_dtype(cfg) != cfg.model.dtype:
+        console.print(f"[yellow]note[/] method.kind full with model.dtype {cfg.model.dtype}: the weights train as fp32 master "
+                      f"copies (a {cfg.model.dtype} weight rounds away updates under 1/256 of itself); "
+                      f"compute stays {s.precision.name}, and eval and export use {cfg.model.dtype}")
     console.print(f"[bold]method[/] {cfg.method.kind}: {s.summary.describe()}")
     if s.replay is not None:
         console.print(f"[bold]replay[/] {s.n_replay} of {len(s.train_ex)} training examples "
