@@ -16,6 +16,27 @@ from pathlib import Path
 from typing import Any
 
 
+def free_bytes(folder: str | Path) -> int:
+    """Free bytes (for this user) on the disk that holds `folder`, or would hold it once made."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def require_space(folder: str | Path, need: int, what: str, hint: str = "") -> None:
+    """Refuse a write of about `need` bytes into `folder` before it starts, not half-way through.
+
+    The estimate leaves 5% and 64 MB of the disk's free space untouched: the file system's own
+    blocks, and the other writes of a running job (metrics, logs)."""
+    free = free_bytes(folder)
+    if need * 1.05 + 64 * 2**20 > free:
+        from tunekit.errors import DiskFull
+
+        raise DiskFull(f"{what} needs about {need / 2**20:,.0f} MB, and the disk holding {folder} has "
+                       f"{free / 2**20:,.0f} MB free; free some space{hint} and rerun")
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

@@ -31,3 +31,9 @@ class OutOfMemory(TunekitError):
     """The device ran out of memory: says what was estimated and which settings lower it."""
 
     kind = "out of memory"
+
+
+class DiskFull(TunekitError):
+    """A write would not fit: says how much it needs, how much is free, and where."""
+
+    kind = "not enough disk space"

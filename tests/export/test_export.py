@@ -171,3 +171,25 @@ def test_exported_files_are_readable_by_others(exported):
     os.umask(umask)
     files = [f for f in (run_dir / "export").rglob("*") if f.is_file()]
     assert files and all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in files)  # not safetensors' 0600
+
+
+def test_export_estimate_is_the_size_written_and_a_full_disk_refuses_before_any_work(exported, tmp_path, monkeypatch):
+    from tunekit import atomic
+    from tunekit.errors import DiskFull
+    from tunekit.export import run as export_run
+    from tunekit.models.tuned import resolve_target
+
+    _, run_dir, _ = exported
+    target = resolve_target(str(run_dir))
+    out = run_dir / "export"
+    written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    need = export_run.export_bytes(target, ["adapter", "merged", "gguf"], "auto", "f16")
+    assert written <= need <= 3 * written  # the GGUF's fp32 scratch source is the margin
+
+    merges = []
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 10 * 2**20)
+    monkeypatch.setattr("tunekit.export.merge.merged_fp32", lambda *a, **k: merges.append(1))
+    with pytest.raises(DiskFull) as err:
+        export_run.export_target(target, ["merged"], tmp_path / "out")
+    assert "10 MB free" in str(err.value) and "exporting merged" in str(err.value)
+    assert not merges and not (tmp_path / "out").exists()

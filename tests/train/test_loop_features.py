@@ -166,6 +166,45 @@ def test_disk_full_leaves_the_previous_checkpoint_intact(tmp_path, tiny_model_di
         assert torch.equal(v, saved[k]), k
 
 
+def test_a_checkpoint_the_disk_cannot_hold_is_refused_before_writing(tmp_path, tiny_model_dir, monkeypatch):
+    from tunekit import atomic
+    from tunekit.errors import DiskFull
+
+    model, opt, sched = _tiny_full(tiny_model_dir)
+    need_before_a_step = checkpoint.checkpoint_bytes(model, opt)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # AdamW's moments exist from here on
+    root = tmp_path / "checkpoints"
+    checkpoint.save(root, 1, model, opt, sched, {}, keep_last=2)
+    size = sum(f.stat().st_size for f in (root / "step-1").iterdir())
+    need = checkpoint.checkpoint_bytes(model, opt)
+    assert 0.8 * size <= need <= 1.25 * size  # the estimate is the checkpoint's size, not a guess
+    assert need_before_a_step == pytest.approx(need, rel=0.01)
+    writes = []
+    monkeypatch.setattr(checkpoint.torch, "save", lambda *a, **k: writes.append(a))
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 50 * 2**20)
+    with pytest.raises(DiskFull) as err:
+        checkpoint.save(root, 2, model, opt, sched, {}, keep_last=2)
+    msg = str(err.value)
+    assert f"needs about {need / 2**20:,.0f} MB" in msg and "50 MB free" in msg and f"{root / 'step-1'} is intact" in msg
+    assert not writes and [p.name for p in root.iterdir()] == ["step-1"]
+
+
+def test_training_that_cannot_write_one_checkpoint_stops_before_its_first_step(tmp_path, tiny_model_dir, offline_home,
+                                                                              monkeypatch):
+    from tunekit import atomic
+    from tunekit.errors import DiskFull
+
+    cfg, run = _prepared(tmp_path, tiny_model_dir)
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 1)
+    steps = []
+    monkeypatch.setattr(loop, "optimizer_step", lambda *a, **k: steps.append(1))
+    with pytest.raises(DiskFull, match="a checkpoint of this run needs about"):
+        loop.train(cfg, run, tiny_model_dir, load_tokenizer(tiny_model_dir))
+    assert not steps
+
+
 def test_pruning_keeps_the_best_besides_the_last_k(tmp_path, tiny_model_dir):
     model, opt, sched = _tiny_full(tiny_model_dir)
     root = tmp_path / "checkpoints"

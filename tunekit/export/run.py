@@ -13,6 +13,7 @@ questions greedily and must give the adapter model's answers; the counts are rec
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -101,6 +102,8 @@ def _export(target: Target, formats: list[str], out: Path, dtype: str, gguf_type
     (out / "export.json").unlink(missing_ok=True)  # never left describing files about to change
     done: dict = {"source": target.label, "model": str(target.model), "adapter": str(target.adapter) if target.adapter else None,
                   "formats": formats}
+    atomic.require_space(out, export_bytes(target, formats, dtype, gguf_type), f"exporting {', '.join(formats)} to {out}",
+                         " (or export fewer formats, or to another disk with --out)")
     questions = check_questions(target, check_answers)
     merged = merged_fp32(target, questions, _answers) if set(formats) & {"merged", "gguf"} else None
     if merged is not None and merged.answers is not None:
@@ -131,6 +134,45 @@ def _export(target: Target, formats: list[str], out: Path, dtype: str, gguf_type
     done["seconds"] = round(time.time() - t0, 1)
     atomic.write_json(out / "export.json", done)
     return done
+
+
+_GGUF_BYTES = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 one-byte weights and an f16 scale per block
+
+
+def _folder_bytes(folder: Path | None, weights: bool = True) -> int:
+    """Bytes of the files in `folder`; without `weights`, only its small files (tokenizer, configs)."""
+    if folder is None:
+        return 0
+    big = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and (weights or not f.name.endswith(big)))
+
+
+def weight_count(folder: Path) -> int:
+    """Weights in a model folder, from the safetensors headers alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            n += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
+    return n
+
+
+def export_bytes(target: Target, formats: list[str], dtype: str, gguf_type: str) -> int:
+    """About what an export writes: every format's files, and the GGUF's fp32 scratch source while
+    it is made (none when the merged export is itself fp32)."""
+    from tunekit.export.merge import choose_dtype
+
+    n = weight_count(target.model) if set(formats) & {"merged", "gguf"} else 0
+    need = _folder_bytes(target.tokenizer, weights=False) if set(formats) & {"adapter", "merged"} else 0
+    merged_dtype = choose_dtype(dtype, target.tokenizer) if "merged" in formats else None
+    if "adapter" in formats:
+        need += _folder_bytes(target.adapter)
+    if merged_dtype:
+        need += n * {"float32": 4, "bfloat16": 2, "float16": 2}[merged_dtype]
+    if "gguf" in formats:
+        need += int(n * _GGUF_BYTES[gguf_type]) + (0 if merged_dtype == "float32" else 4 * n)
+    return need
 
 
 def _answer_check(name: str, model, merged, questions: list[list[dict]], strict: bool) -> dict:

@@ -72,10 +72,27 @@ def is_adapter(model) -> bool:
     return hasattr(model, "peft_config")
 
 
+def checkpoint_bytes(model, optimizer) -> int:
+    """About what one checkpoint takes on disk: the saved weights (an adapter's trainable ones, or
+    every weight) and the optimiser's state (AdamW's two fp32 moments per trainable weight until
+    its first step has made them)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    saved = trainable if is_adapter(model) else list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in saved)
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    moments = sum(t.numel() * t.element_size() for t in state) if state else sum(2 * 4 * p.numel() for p in trainable)
+    return weights + moments
+
+
+SPACE_HINT = " (or lower train.keep_last)"
+
+
 def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int, scaler=None) -> Path:
     """Write checkpoint `step-N` atomically, then prune to the newest `keep_last` and the
-    one `state["best"]` names (a step, or None)."""
+    one `state["best"]` names (a step, or None). Refused before writing when the disk cannot hold it."""
     final = ckpt_root / f"step-{step}"
+    atomic.require_space(ckpt_root, checkpoint_bytes(model, optimizer), f"checkpoint {final}",
+                         f"{SPACE_HINT}; {_kept(final)}")
     try:
         with atomic.directory(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -117,11 +134,16 @@ def _named_by_train_state(run_dir: Path) -> set[int]:
     return steps
 
 
+def _kept(final: Path) -> str:
+    """What a rerun has to resume from when checkpoint `final` is not written."""
+    before = [p for _, p in list_checkpoints(final.parent) if p != final]
+    return (f"the previous checkpoint {before[-1]} is intact and a rerun resumes from it" if before
+            else "no earlier checkpoint exists, so a rerun starts over")
+
+
 def _write_failure(final: Path, e: OSError) -> str:
     """What went wrong writing `final`, and that the checkpoint before it is untouched."""
-    before = [p for _, p in list_checkpoints(final.parent) if p != final]
-    kept = (f"the previous checkpoint {before[-1]} is intact and a rerun resumes from it" if before
-            else "no earlier checkpoint exists, so a rerun starts over")
+    kept = _kept(final)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"the disk is full: no space left to write checkpoint {final}; {kept}. "
                 f"Free space on the disk holding {final.parent} (or lower train.keep_last) and rerun.")

@@ -260,6 +260,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
         kept = {"tokens_seen": tokens_seen, "config_hash": config_hash, "best": best, "heldout": heldout.state()}
         return checkpoint.save(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last, scaler)
 
+    _check_checkpoint_space(cfg, ckpt_root, model, optimizer)
     pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
     with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log, \
@@ -372,6 +373,20 @@ def _stop_if_nonfinite(what: str, value: float, step: int, ckpt_root: Path) -> N
             else "no checkpoint had been written yet, so there is none to keep")
     raise TrainingDiverged(f"training stopped: the {what} became {value} at step {step}; {kept} and nothing was saved "
                            "from the broken weights. Lower train.lr (or check the data for broken records) and rerun.")
+
+
+def _check_checkpoint_space(cfg: Config, ckpt_root: Path, model, optimizer) -> None:
+    """Before the first step: refuse when the disk cannot hold one checkpoint, and warn when it cannot
+    hold the most this run keeps at once (keep_last, the best, and the one being written)."""
+    one = checkpoint.checkpoint_bytes(model, optimizer)
+    atomic.require_space(ckpt_root, one, "a checkpoint of this run", checkpoint.SPACE_HINT)
+    at_once = cfg.train.keep_last + 1 + int(cfg.train.keep_best)
+    have = len(checkpoint.list_checkpoints(ckpt_root))
+    free = atomic.free_bytes(ckpt_root)
+    if one * max(at_once - have, 1) > free:
+        console.print(f"[yellow]warning[/] this run keeps up to {at_once} checkpoints of about {one / 2**20:,.0f} MB, "
+                      f"and {free / 2**20:,.0f} MB are free: it will stop at the first checkpoint that does not fit "
+                      f"(the one before stays). Lower train.keep_last or free space.")
 
 
 def _warn_without_heldout(cfg: Config, valid_ex: list) -> None:
