@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODEL  := smollm2-135m-instruct
 
-.PHONY: setup model demo test bench clean browser
+.PHONY: setup model demo test soak bench clean browser
 
 setup: $(STAMP) model
 
@@ -41,6 +41,11 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest
+
+# Robustness beyond the suite's budget: `tunekit run` SIGKILLed 20 times across its stages
+# (tests/test_kill_stages.py; CI runs 5). TUNEKIT_SOAK_SEED=N picks other moments.
+soak: setup
+	$(BIN)/python -m pytest -m soak -s
 
 # Benchmarks are not tests: they measure this machine and write bench/results/.
 # vs_trl.py trains TRL and tunekit side by side (3 pairs each of LoRA and full, and

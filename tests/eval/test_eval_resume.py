@@ -13,14 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, heldout_items, offline_env, tiny_run_config, write_config, write_jsonl
+import procs
+from helpers import heldout_items, offline_env, tiny_run_config, write_config, write_jsonl
 
 from tunekit import pipeline
 from tunekit.config import Config
@@ -241,14 +238,6 @@ def test_journal_reads_whole_lines_only(tmp_path, capsys):
 
 # The real thing: a separate `tunekit eval` process, SIGKILLed.
 
-WAIT_S = 300.0
-
-
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "TUNEKIT_HOME": str(home), "TUNEKIT_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
-
-
 def _journaled_batches(run_dir: Path) -> int:
     """Batch lines in eval/partial (the key lines aside); a line still being written counts too, harmlessly."""
     root = partial.folder(run_dir)
@@ -270,21 +259,9 @@ def test_sigkill_during_eval_then_rerun_matches_uninterrupted(trained, tmp_path,
     ev.evaluate(cfg, ref_dir, trained["model_dir"], trained["tok"])
 
     log = tmp_path / "killed.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tunekit", "eval", str(config), "--runs-dir", str(runs)], cwd=ROOT,
-                                env=_env(tmp_path / "home"), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while _journaled_batches(run_dir) < 2:
-            assert proc.poll() is None, f"eval exited ({proc.returncode}) before a batch was journaled:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no batch journaled after {WAIT_S:.0f}s:\n{log.read_text()}"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=60)
+    with procs.started(procs.tunekit("eval", str(config), "--runs-dir", str(runs)), procs.env(tmp_path / "home"), log) as proc:
+        procs.wait_for(lambda: _journaled_batches(run_dir) >= 2, proc, "two journaled batches", log, poll=0.005)
+        procs.sigkill(proc)
     assert not (run_dir / "eval" / "scores.json").exists(), "killed too late"
 
     monkeypatch.setenv("TUNEKIT_HOME", str(tmp_path / "home"))

@@ -18,23 +18,20 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT, offline_env, tiny_run_config, write_config
+import procs
+from helpers import offline_env, tiny_run_config, write_config
 from tunekit import pipeline
 from tunekit.config import load_config
 from tunekit.train.checkpoint import list_checkpoints
 
 TOL = 1e-4  # the issue's bound; fp32 on the tiny model is expected to match to the last bit
-WAIT_S = 300.0  # per wait; a loaded 2-core machine needs ~15 s for a whole run
 STOPPER = Path(__file__).with_name("stop_in_checkpoint_write.py")
 
 
@@ -44,11 +41,6 @@ def _write_config(tmp: Path, model_dir: Path) -> Path:
     raw = tiny_run_config(tmp, model_dir, 300, train={"epochs": 3, "batch_size": 6, "grad_accum": 2,
                                                       "save_every": 2, "keep_last": 2, "log_every": 1})
     return write_config(tmp / "tiny.yaml", raw)
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "TUNEKIT_HOME": str(home), "TUNEKIT_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "COLUMNS": "400", **extra}
 
 
 def _prepare(config: Path, runs: Path) -> Path:
@@ -61,50 +53,6 @@ def _prepare(config: Path, runs: Path) -> Path:
     finally:
         mp.undo()
     return run_dir
-
-
-def _tunekit(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tunekit", *args]
-
-
-def _tail(log: Path, n: int = 3000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else "(no output)"
-
-
-def _run_to_end(cmd: list[str], env: dict, log: Path) -> str:
-    """Run `cmd` to completion (output to `log`); returns its output."""
-    with open(log, "wb") as out:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=WAIT_S).returncode
-    assert rc == 0, f"{cmd} exited {rc}:\n{_tail(log)}"
-    return log.read_text(errors="replace")
-
-
-@contextlib.contextmanager
-def _started(cmd: list[str], env: dict, log: Path) -> Iterator[subprocess.Popen]:
-    """A background process that is killed if the test leaves early."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=60)
-
-
-def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{_tail(log)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {WAIT_S:.0f}s:\n{_tail(log)}")
-        time.sleep(0.01)
-
-
-def _sigkill(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL  # it died by the signal, not by finishing
 
 
 def _checkpoint_steps(run_dir: Path) -> list[int]:
@@ -155,8 +103,8 @@ def reference(tiny_model_dir, tmp_path_factory) -> dict:
     config = _write_config(tmp, tiny_model_dir)
     runs = tmp / "reference"
     run_dir = _prepare(config, runs)
-    env = _env(tmp / "home")
-    _run_to_end(_tunekit("train", str(config), "--runs-dir", str(runs)), env, tmp / "reference.log")
+    env = procs.env(tmp / "home")
+    procs.run_to_end(procs.tunekit("train", str(config), "--runs-dir", str(runs)), env, tmp / "reference.log")
     outcome = _outcome(run_dir)
     assert outcome["state"]["steps"] >= 40, "too few steps for the kill to land mid-run"
     return {"config": config, "env": env, "outcome": outcome}
@@ -172,15 +120,15 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(reference, tmp_p
         saved = _checkpoint_steps(run_dir)
         return bool(saved) and max((m["step"] for m in _metrics(run_dir)), default=0) > saved[-1]
 
-    with _started(_tunekit("train", str(config), "--runs-dir", str(runs)), env, log) as proc:
-        _wait_for(past_a_checkpoint, proc, "a checkpoint with training past it", log)
-        _sigkill(proc)
+    with procs.started(procs.tunekit("train", str(config), "--runs-dir", str(runs)), env, log) as proc:
+        procs.wait_for(past_a_checkpoint, proc, "a checkpoint with training past it", log)
+        procs.sigkill(proc)
     saved = _checkpoint_steps(run_dir)
     assert saved and saved[-1] < steps, f"killed too late: checkpoints {saved} of {steps} steps"
     assert not (run_dir / "train_state.json").exists()
     assert not pipeline.is_done(load_config(config), run_dir, "train")
 
-    output = _run_to_end(_tunekit("train", str(config), "--runs-dir", str(runs), "--resume"), env,
+    output = procs.run_to_end(procs.tunekit("train", str(config), "--runs-dir", str(runs), "--resume"), env,
                          tmp_path / "resumed.log")
     assert _resumed_from(output) == saved[-1]
     _assert_same_as_reference(run_dir, reference)
@@ -191,9 +139,9 @@ def _kill_inside_write(config: Path, runs: Path, env: dict, at: str, when: str, 
     it there, and return the `.partial` folder it leaves."""
     stop_file = log.with_suffix(".stopped")
     env = {**env, "TK_STOP_AT": at, "TK_STOP_WHEN": when, "TK_STOP_FILE": str(stop_file)}
-    with _started([sys.executable, str(STOPPER), "train", str(config), "--runs-dir", str(runs), "--resume"], env, log) as proc:
-        _wait_for(stop_file.exists, proc, f"the stop inside the {at} checkpoint write", log)
-        _sigkill(proc)
+    with procs.started([sys.executable, str(STOPPER), "train", str(config), "--runs-dir", str(runs), "--resume"], env, log) as proc:
+        procs.wait_for(stop_file.exists, proc, f"the stop inside the {at} checkpoint write", log)
+        procs.sigkill(proc)
     partial = Path(stop_file.read_text())
     assert partial.is_dir() and partial.name.startswith(f".{at}.") and partial.name.endswith(".partial")
     return partial
@@ -218,7 +166,7 @@ def test_sigkill_inside_checkpoint_writes_then_resume_matches_uninterrupted(refe
     assert _resumed_from((tmp_path / "killed-2.log").read_text(errors="replace")) == 2
     assert _checkpoint_steps(run_dir) == [2, 4]  # the complete-looking folder is not taken for step-6
 
-    output = _run_to_end(_tunekit("train", str(config), "--runs-dir", str(runs), "--resume"), env,
+    output = procs.run_to_end(procs.tunekit("train", str(config), "--runs-dir", str(runs), "--resume"), env,
                          tmp_path / "resumed.log")
     assert _resumed_from(output) == 4
     _assert_same_as_reference(run_dir, reference)
@@ -234,18 +182,18 @@ def test_sigterm_mid_training_saves_at_the_step_boundary_then_resume_matches_uni
     runs = tmp_path / "runs"
     run_dir = _prepare(config, runs)
     log = tmp_path / "stopped.log"
-    cmd = _tunekit("train", str(config), "train.save_every=0", "--runs-dir", str(runs))
-    with _started(cmd, env, log) as proc:
-        _wait_for(lambda: len(_metrics(run_dir)) >= 3, proc, "three training steps", log)
+    cmd = procs.tunekit("train", str(config), "train.save_every=0", "--runs-dir", str(runs))
+    with procs.started(cmd, env, log) as proc:
+        procs.wait_for(lambda: len(_metrics(run_dir)) >= 3, proc, "three training steps", log)
         os.kill(proc.pid, sig)
-        assert proc.wait(timeout=WAIT_S) == 128 + sig
-    output = " ".join(_tail(log).split())
+        assert proc.wait(timeout=procs.WAIT_S) == 128 + sig
+    output = " ".join(procs.tail(log).split())
     saved = _checkpoint_steps(run_dir)
     assert len(saved) == 1 and 3 <= saved[0] < steps, saved
     assert f"stopped by {signal.Signals(sig).name} after step {saved[0]} of {steps}" in output, output
     assert "rerun the same command to resume" in output and "Traceback" not in output
     assert max(m["step"] for m in _metrics(run_dir)) == saved[0]  # no step ran past the checkpoint
 
-    resumed = _run_to_end(_tunekit("train", str(config), "--runs-dir", str(runs)), env, tmp_path / "resumed.log")
+    resumed = procs.run_to_end(procs.tunekit("train", str(config), "--runs-dir", str(runs)), env, tmp_path / "resumed.log")
     assert _resumed_from(resumed) == saved[0]
     _assert_same_as_reference(run_dir, reference)
