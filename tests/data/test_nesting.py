@@ -181,3 +181,51 @@ def test_unreadable_dataset_dict_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="state.json"):
         load_records(tmp_path)
 
+
+
+def test_data_path_longer_than_the_file_system_takes_is_a_data_error(tmp_path, tiny_tokenizer):
+    # Path.is_dir() raises OSError (not False) for a name over the OS limit.
+    from tunekit.data.chat_templates import apply_template
+    from tunekit.data.inspect import inspect_data
+    from tunekit.errors import ConfigError
+
+    long = str(tmp_path / ("a/" * 3000)) + "x.jsonl"
+    with pytest.raises(DataError, match="not found"):
+        load_records(long)
+    with pytest.raises(DataError, match="not found"):
+        inspect_data(long, tiny_tokenizer)
+    with pytest.raises(ConfigError, match="neither"):
+        apply_template(tiny_tokenizer, long.replace(".jsonl", ".jinja"))
+
+
+# --- Numbers Python will not read ------------------------------------------------------------
+
+LONG_NUMBER = "9" * 5_000  # past sys.get_int_max_str_digits(): json.loads raises a bare ValueError
+
+
+@pytest.mark.parametrize("container", ["jsonl", "array", "csv"])
+def test_number_of_thousands_of_digits_is_a_reject(tmp_path, container):
+    bad = '{"id": ' + LONG_NUMBER + ', "messages": []}'
+    if container == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text(lines(chat(1), bad, chat(3)))
+        want = ([(1, "ok-1"), (3, "ok-3")], [(2, "malformed_json")])
+    elif container == "array":
+        path = tmp_path / "d.json"
+        path.write_text("[\n" + ",\n".join([json.dumps(chat(1)), bad, LONG_NUMBER, json.dumps(chat(4))]) + "\n]\n")
+        want = ([(2, "ok-1"), (5, "ok-4")], [(3, "malformed_json"), (4, "malformed_json")])
+    else:
+        path = tmp_path / "d.csv"
+        path.write_text(f"id,messages\nok-1,\"{json.dumps(chat(1)['messages']).replace(chr(34), chr(34) * 2)}\"\nx,[{LONG_NUMBER}]\n")
+        want = ([(2, "ok-1")], [(3, "malformed_json")])
+    assert kept_and_rejected(path) == want
+    _, rejects = load_records(path)
+    assert all("digits" in r.detail for r in rejects)
+
+
+@pytest.mark.parametrize("first", [nested(5_000), "[" + LONG_NUMBER + "]", LONG_NUMBER])
+def test_json_lines_whose_first_line_json_cannot_read_keep_the_rest(tmp_path, first):
+    path = tmp_path / "d.jsonl"
+    path.write_text(lines(first, chat(2), chat(3)))
+    kept, rejected = kept_and_rejected(path)
+    assert kept == [(2, "ok-2"), (3, "ok-3")] and [line for line, _ in rejected] == [1]

@@ -290,6 +290,17 @@ def test_json_lines_in_a_json_file(tmp_path):
     assert [(r.line, r.row()) for r in load_clean(p)] == [(1, ROWS[0]), (2, ROWS[1]), (3, ROWS[2])]
 
 
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json"])
+def test_json_lines_whose_first_line_is_an_array_lose_no_line(tmp_path, name):
+    # Found by tests/data/test_properties.py: the file was read as one JSON array (its first
+    # line) and every line after it was dropped without a word.
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(x) + "\n" for x in (ROWS[0]["messages"], ROWS[1], ROWS[2])), encoding="utf-8")
+    records, rejects = load_records(p)
+    assert [(r.line, r.row()) for r in records] == [(2, ROWS[1]), (3, ROWS[2])]
+    assert [(r.line, r.reason) for r in rejects] == [(1, "not_an_object")]
+
+
 def test_parquet_and_arrow_rows_numbered_across_batches(tmp_path):
     rows = [{"messages": [U(f"q{i}"), A(f"a{i}")]} for i in range(2500)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=700)
@@ -325,3 +336,14 @@ def test_content_over_extension_is_noted(tmp_path):
     notes: list[str] = []
     assert [r.line for r in iter_raw(p, notes)] == [1, 2]
     assert notes == ["d.csv: extension .csv but the content is jsonl; read as jsonl"]
+
+
+@pytest.mark.parametrize("first", ["null", "42", '"a string"', "true"])
+def test_json_lines_whose_first_line_is_not_an_object_keep_the_rest(tmp_path, first):
+    # Found by tests/data/test_properties.py: the whole file was refused ("does not start with
+    # a JSON object or array") for its first line.
+    p = tmp_path / "d.jsonl"
+    p.write_text(first + "\n" + "".join(json.dumps(r) + "\n" for r in ROWS[:2]), encoding="utf-8")
+    records, rejects = load_records(p)
+    assert [(r.line, r.row()) for r in records] == [(2, ROWS[0]), (3, ROWS[1])]
+    assert [(r.line, r.reason) for r in rejects] == [(1, "not_an_object")]

@@ -92,7 +92,11 @@ def apply_template(tokenizer, setting: str = "auto", source: str = "the model") 
                               f"give a Jinja file (model.chat_template: path/to/template.jinja)")
         return name
     path = Path(setting).expanduser()
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # a name longer than the file system takes
+        found = False
+    if not found:
         raise ConfigError(f"model.chat_template {setting!r} is neither one of {', '.join(SETTINGS)} nor a Jinja file")
     try:
         tokenizer.chat_template = path.read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 
-from tunekit.data.nesting import TOO_DEEP, TooDeep, loads
+from tunekit.data.nesting import Unreadable, loads
 
 SIGNATURES = (
     ("chat", ("messages",)),
@@ -110,8 +110,8 @@ def _json_cell(value: object, field: str) -> object:
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
             parsed = loads(value)
-        except TooDeep:
-            raise FormatError("too_deep", f"'{field}' holds JSON that {TOO_DEEP}") from None
+        except Unreadable as e:
+            raise FormatError(e.reason, f"'{field}' holds JSON that {e.detail}") from None
         except json.JSONDecodeError:
             raise FormatError("malformed_json", f"'{field}' holds text that is not valid JSON") from None
         if lone_surrogate(parsed, value):
@@ -180,7 +180,7 @@ def _turns(value: object, field: str, role: str, columns: dict[str, str]) -> lis
     if isinstance(value, str) and value.lstrip()[:1] == "[":
         try:
             items = loads(value)
-        except ValueError:  # not JSON (or too deep to be a message list): the user's text
+        except ValueError:  # not JSON, or JSON it cannot read as a message list: the user's text
             items = None
         keys = (columns.get("role", "role"), "role")
         if isinstance(items, list) and items and all(isinstance(m, dict) and any(k in m for k in keys) for m in items):

@@ -104,7 +104,11 @@ def inspect_data(path: str | Path, tokenizer, *, fmt: str = "auto", columns: dic
         raise ConfigError(f"max_length must be >= 1 (got {max_length}), epochs > 0 (got {epochs}) "
                           f"and near_dup_threshold in (0, 1] (got {near_dup_threshold})")
     root = Path(path)
-    if not root.exists():
+    try:
+        found = root.exists()
+    except (OSError, ValueError):  # a name longer than the file system takes
+        found = False
+    if not found:
         raise DataError(f"{root} not found; give a data file (JSONL, JSON, CSV, Parquet, text) or a folder of them")
     scan = _Scan(tokenizer, root, train_on, max_length, random.Random(seed))
     formats: Counter = Counter()

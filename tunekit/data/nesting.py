@@ -1,4 +1,4 @@
-"""How deep JSON text nests, known before it is parsed.
+"""JSON text the parser itself cannot take: nested too deep, or numbers too long.
 
 `json.loads` recurses once per level: a line nested a few thousand arrays deep raises
 RecursionError from inside the parser, and a shallower value that parsed can still fail
@@ -7,6 +7,10 @@ No record needs many levels (a chat record is 3 deep; tool calls and metadata ad
 so text nested more than MAX_DEPTH levels is refused before it is parsed: the readers
 turn TooDeep into a `too_deep` reject naming the line. Parquet and Arrow need no check
 here: pyarrow refuses schemas nested deeper than this itself (Arrow at 64 levels).
+
+An integer of more than 4,300 digits (sys.get_int_max_str_digits()) makes json raise a
+plain ValueError, not a JSONDecodeError: the decoders here raise NumberTooLong for it, a
+`malformed_json` reject.
 
 The depth is counted on the text with its strings taken out (brackets inside a string are
 text), by str and bytes methods and numpy, so checking a line costs a few scans at C
@@ -33,11 +37,22 @@ _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[{]}")))
 
 
-class TooDeep(ValueError):
-    """JSON text nested deeper than MAX_DEPTH."""
+class Unreadable(ValueError):
+    """Valid-looking JSON that is not read: `reason` is the reject code, `detail` says why."""
+
+    reason, detail = "malformed_json", ""
 
     def __init__(self):
-        super().__init__(f"JSON {TOO_DEEP}")
+        super().__init__(f"JSON {self.detail}")
+
+
+class TooDeep(Unreadable):
+    reason, detail = "too_deep", TOO_DEEP
+
+
+class NumberTooLong(Unreadable):
+    detail = ("holds a number of thousands of digits, more than Python reads "
+              "(sys.get_int_max_str_digits()); is it corrupted?")
 
 
 def too_deep(text: str) -> bool:
@@ -60,13 +75,24 @@ def too_deep(text: str) -> bool:
 
 
 def loads(text: str) -> object:
-    """json.loads, raising TooDeep instead of parsing text nested deeper than MAX_DEPTH."""
+    """json.loads, raising TooDeep instead of parsing text nested deeper than MAX_DEPTH,
+    and NumberTooLong for a number Python does not read."""
     if too_deep(text):
         raise TooDeep()
-    return json.loads(text)
+    return _PLAIN.decode(text)
 
 
-_PLAIN = json.JSONDecoder()
+class _Decoder(json.JSONDecoder):
+    def raw_decode(self, s: str, idx: int = 0):
+        try:
+            return super().raw_decode(s, idx)
+        except (json.JSONDecodeError, Unreadable):
+            raise
+        except ValueError:  # int() refused a literal past sys.get_int_max_str_digits()
+            raise NumberTooLong() from None
+
+
+_PLAIN = _Decoder()
 
 
 def decoder_for(text: str) -> json.JSONDecoder:
@@ -76,7 +102,7 @@ def decoder_for(text: str) -> json.JSONDecoder:
     return _PLAIN if not too_deep(text) else _Bounded()
 
 
-class _Bounded(json.JSONDecoder):
+class _Bounded(_Decoder):
     """json's own pure-Python scanner, counting levels as it enters arrays and objects."""
 
     def __init__(self):
@@ -100,8 +126,14 @@ class _Bounded(json.JSONDecoder):
         self.scan_once = json.scanner.py_make_scanner(self)
 
 
+_SCALAR = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[-+0-9.eE]+|true|false|null', re.S)
+
+
 def skip_value(text: str, pos: int) -> int | None:
-    """Where the array or object opening at `pos` ends, without parsing it; None if it never closes."""
+    """Where the value at `pos` ends, without parsing it; None if it never closes."""
+    if text[pos : pos + 1] not in ("[", "{"):
+        m = _SCALAR.match(text, pos)
+        return m.end() if m else None
     level = 0
     for m in _TOKEN.finditer(text, pos):
         c = text[m.start()]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunekit.data.formats import LONE_SURROGATE, detect, lone_surrogate
-from tunekit.data.nesting import TOO_DEEP, TooDeep, decoder_for, loads, skip_value
+from tunekit.data.nesting import Unreadable, decoder_for, loads, skip_value
 from tunekit.errors import DataError
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
@@ -56,12 +56,17 @@ def iter_raw(path: str | Path, notes: list[str]) -> Iterator[Raw]:
     `notes` collects what the user should know about how the files were read.
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        kind = "folder" if path.is_dir() else "file" if path.is_file() else None
+    except (OSError, ValueError):  # a name longer than the file system takes, or holding a NUL
+        kind = None
+    if kind == "folder":
         yield from _iter_folder(path, notes)
-    elif path.is_file():
+    elif kind == "file":
         yield from _iter_file(path, sniff(path), notes)
     else:
-        raise DataError(f"data path {path} not found; set data.train to a data file or a folder of them")
+        shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+        raise DataError(f"data path {shown} not found; set data.train to a data file or a folder of them")
 
 
 def sniff(path: Path) -> str:
@@ -91,6 +96,8 @@ def sniff(path: Path) -> str:
     if ext in TEXT_EXTS:
         return "text"
     preview = body[:40].decode("utf-8", errors="replace")
+    if ext in (".jsonl", ".ndjson", ".json") and _json_line(body):
+        return "jsonl"  # JSON Lines whose first line is null, a number or a string: a reject, not the file
     if ext in (".jsonl", ".ndjson", ".json"):
         raise DataError(
             f"{path} has extension {ext} but does not start with a JSON object or array "
@@ -102,6 +109,20 @@ def sniff(path: Path) -> str:
         f"{path}: cannot tell its format from the extension {ext or '(none)'!r} or the content "
         f"(starts with {preview!r}); use .jsonl, .json, .csv, .tsv, .parquet, .txt or .md"
     )
+
+
+def _json_line(body: bytes) -> bool:
+    """Whether the first line of `body` is a whole JSON value with another line after it."""
+    first, newline, rest = body.partition(b"\n")
+    if not newline or not rest.strip():
+        return False
+    try:
+        loads(first.decode("utf-8"))
+    except Unreadable:
+        return True  # a record of its own that json cannot read: a reject
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _binary(head: bytes) -> bool:
@@ -171,8 +192,8 @@ def _jsonl(path: Path) -> Iterator[Raw]:
                 continue
             try:
                 value = loads(text.rstrip("\r\n"))  # a line cut inside a string ends there, not at a control character
-            except TooDeep:
-                yield Raw(src, n, Problem("too_deep", f"line {TOO_DEEP}", text[:RAW_KEEP].rstrip("\r\n")))
+            except Unreadable as e:
+                yield Raw(src, n, Problem(e.reason, f"line {e.detail}", text[:RAW_KEEP].rstrip("\r\n")))
                 continue
             except json.JSONDecodeError as e:
                 detail = f"line is not valid JSON ({e.msg} at column {e.colno}); is it truncated or two records on one line?"
@@ -194,12 +215,12 @@ def _json(path: Path) -> Iterator[Raw]:
     if text[pos] == "{":
         try:
             obj, end = dec.raw_decode(text, pos)
-        except (json.JSONDecodeError, TooDeep) as e:
-            # {"data": [... cut short, or holding a record nested too deep: every record
-            # before the break. Else JSON Lines, or one record too deep.
+        except (json.JSONDecodeError, Unreadable) as e:
+            # {"data": [... cut short, or holding a record json cannot read: every record
+            # before the break. Else JSON Lines, or one record it cannot read.
             inner = None if _looks_like_lines(text) else _member_array(text, pos, dec)
-            if inner is None and isinstance(e, TooDeep):
-                yield Raw(src, 1, Problem("too_deep", f"record {TOO_DEEP}", _shown(text[pos : pos + RAW_KEEP])))
+            if inner is None and isinstance(e, Unreadable):
+                yield Raw(src, 1, Problem(e.reason, f"record {e.detail}", _shown(text[pos : pos + RAW_KEEP])))
                 return
             yield from _jsonl(path) if inner is None else _array(src, text, inner, dec)
             return
@@ -212,6 +233,9 @@ def _json(path: Path) -> Iterator[Raw]:
             yield from _array(src, text, _member_array(text, pos, dec, keys[0]), dec)
         else:
             yield _checked(src, 1, obj, text, pos, end)
+        return
+    if _line_alone(text, pos):  # JSON Lines whose first record is an array: not one array of records
+        yield from _jsonl(path)
         return
     yield from _array(src, text, pos, dec)
 
@@ -232,8 +256,8 @@ def _array(src: str, text: str, pos: int, dec: json.JSONDecoder) -> Iterator[Raw
             detail = f"JSON array breaks here ({e.msg}); the file may be truncated. Records before this line were read"
             yield Raw(src, line, Problem("malformed_json", detail, _shown(text[pos : pos + RAW_KEEP])))
             return
-        except TooDeep:
-            yield Raw(src, line, Problem("too_deep", f"record {TOO_DEEP}", _shown(text[pos : pos + RAW_KEEP])))
+        except Unreadable as e:
+            yield Raw(src, line, Problem(e.reason, f"record {e.detail}", _shown(text[pos : pos + RAW_KEEP])))
             end = skip_value(text, pos)
             if end is None:  # it never closes: nothing after it can be read as records
                 return
@@ -267,9 +291,26 @@ def _looks_like_lines(text: str) -> bool:
         try:
             loads(line)
             return True
-        except ValueError:  # not JSON, or too deep to tell
+        except Unreadable:  # a record json cannot read, on a line of its own
+            return True
+        except ValueError:
             continue
     return False
+
+
+def _line_alone(text: str, pos: int) -> bool:
+    """Whether the line at `pos` is a JSON value on its own with more text after it (JSON
+    Lines), so that reading the file as one array would drop every line after the first."""
+    nl = text.find("\n", pos)
+    if nl < 0 or _skip_ws(text, nl) == len(text):
+        return False
+    try:
+        loads(text[pos:nl])
+    except Unreadable:
+        return True  # a record of its own that json cannot read (a reject), not an opening bracket
+    except ValueError:
+        return False
+    return True
 
 
 def _member_array(text: str, pos: int, dec: json.JSONDecoder, key: str | None = None) -> int | None:
@@ -287,7 +328,7 @@ def _member_array(text: str, pos: int, dec: json.JSONDecoder, key: str | None = 
                 return pos
             try:
                 _, pos = dec.raw_decode(text, pos)
-            except (json.JSONDecodeError, TooDeep):
+            except (json.JSONDecodeError, Unreadable):
                 return start if key is None and text[start : start + 1] == "[" else None
             pos = _skip_ws(text, pos)
             if text[pos : pos + 1] == ",":
@@ -398,7 +439,7 @@ def _manifest(path: Path) -> dict:
     """A `datasets` folder's JSON description (dataset_dict.json, state.json)."""
     try:
         value = loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TooDeep are ValueErrors
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and Unreadable are ValueErrors
         raise DataError(f"{path} cannot be read ({e}); it describes a saved dataset: save it again, "
                         "or move it away and point data.train at the data files") from None
     if not isinstance(value, dict):
