@@ -268,3 +268,37 @@ def test_huge_line_is_over_long_without_being_tokenised(huge_line_file, tiny_tok
     assert "characters > data.max_length" in rejects[0]["detail"]
     assert (tmp_path / "data" / "rejects.jsonl").stat().st_size < 20 * RAW_KEEP
     assert report["rejects_by_reason"] == {"malformed_json": 1, "over_long": 1}
+
+
+# --- What prepare writes back: any value a row carries, one row a line -------------------------
+# Both found by tests/data/test_properties.py.
+
+def test_parquet_extra_columns_json_cannot_write(tmp_path, tiny_tokenizer):
+    """Bytes and timestamps in a Parquet row's extra columns ended prepare with a TypeError."""
+    import datetime
+
+    msgs = [[{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}] for i in range(3)]
+    msgs[2] = None  # a reject carries the row's extra columns too
+    table = pa.table({"messages": msgs, "blob": [b"\x00\x01", b"", b"\xff"],
+                      "at": pa.array([datetime.datetime(2024, 5, 1, 12, 0)] * 3, pa.timestamp("s"))})
+    pq.write_table(table, tmp_path / "train.parquet")
+    report = prepare(_cfg(tmp_path / "train.parquet", valid_fraction=0.0), tmp_path / "data", tiny_tokenizer)
+    rows = _jsonl(tmp_path / "data" / "train.jsonl")
+    assert [r["blob"] for r in rows] == ["b'\\x00\\x01'", "b''"] and rows[0]["at"] == "2024-05-01 12:00:00"
+    assert report["rejects_by_reason"] == {"wrong_type": 1}
+    assert _jsonl(tmp_path / "data" / "rejects.jsonl")[0]["record"]["blob"] == "b'\\xff'"
+
+
+def test_line_separators_in_text_stay_inside_their_row(tmp_path, tiny_tokenizer):
+    """U+2028, U+2029 and U+0085 (in an extra field; cleaning removes C1 controls from turns)
+    were written raw; str.splitlines(), which export and the learning curve read these files
+    with, broke a row in two there."""
+    rows = [{"id": f"r{i}\x85", "messages": [{"role": "user", "content": f"Question {i}\u2028 on two lines?"},
+                                             {"role": "assistant", "content": f"Answer\u2029{i}."}]} for i in range(3)]
+    rows.append({"id": "bad\u2028", "messages": []})
+    prepare(_cfg(write_jsonl(tmp_path / "train.jsonl", rows), valid_fraction=0.0), tmp_path / "data", tiny_tokenizer)
+    train = (tmp_path / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    rejects = (tmp_path / "data" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x)["id"] for x in train] == ["r0\x85", "r1\x85", "r2\x85"]
+    assert json.loads(train[0])["messages"][0]["content"] == "Question 0\u2028 on two lines?"
+    assert [json.loads(x)["record"]["id"] for x in rejects] == ["bad\u2028"]

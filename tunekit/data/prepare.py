@@ -41,9 +41,24 @@ from tunekit.data.template import render, rendered_lengths
 from tunekit.errors import DataError
 
 BATCH = 2048
+_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
 CHARS_PER_TOKEN_MAX = 32
 """A text this many characters per token of max_length is over-long without tokenising it
 (tokens of real text average 3-5 characters), so a 50 MB line costs no tokeniser time."""
+
+
+def jsonl_line(obj: object) -> str:
+    """`obj` as one line of JSON Lines, whatever a record carries and whoever reads it back.
+
+    A Parquet row's extra columns may hold bytes or timestamps, which json cannot write:
+    they are written as text, as rejects.jsonl already shows them. json.dumps leaves U+0085,
+    U+2028 and U+2029 as they are, and Python's str.splitlines() breaks lines there: they
+    are escaped, so every reader of these files sees each row whole.
+    """
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    if any(c in text for c in _LINE_BREAKS):
+        text = text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text + "\n"
 
 
 @dataclass
@@ -86,7 +101,7 @@ class _Pass1:
 
     def reject(self, r: Reject) -> None:
         self.count(r.reason)
-        self.rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        self.rejects.write(jsonl_line(r.to_json()))
 
     def add(self, rec: Record, pending: list[Record]) -> None:
         if self.cfg.data.dedup:
@@ -148,7 +163,7 @@ class _Pass1:
             self.kept.rows.append(len(rows))
             self.kept.row_tokens.extend(lengths)
             for row in rows:
-                self.spool.write(json.dumps({"u": u, "row": row}, ensure_ascii=False) + "\n")
+                self.spool.write(jsonl_line({"u": u, "row": row}))
 
     def _fit(self, rec: Record, n: int | None) -> tuple[Record | None, int]:
         """Apply data.over_length to a conversation of n tokens (None: far too long)."""
@@ -305,7 +320,7 @@ def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
     for dup, original in p1.dups:
         if original in gone:
             dup.detail += f" (itself a near duplicate of line {gone[original]}, which is kept)"
-        p1.rejects.write(json.dumps(dup.to_json(), ensure_ascii=False) + "\n")
+        p1.rejects.write(jsonl_line(dup.to_json()))
 
     idx = np.flatnonzero(alive)
     groups = np.full(n, -1, dtype=np.int64)
@@ -323,7 +338,7 @@ def _pass2(cfg: Config, data_dir: Path, p1: _Pass1, spool_path: Path) -> dict:
                     [np.flatnonzero(on_valid & (src == i)) for i in range(len(weights))], weights, cfg.seed)
     _write_rows(data_dir, spool_path, unit, near_rejects, plan)
     for r in near_rejects.values():
-        p1.rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        p1.rejects.write(jsonl_line(r.to_json()))
     return {
         "kept": int(alive.sum()),
         "train": len(plan.train),
@@ -349,11 +364,11 @@ def _write_rows(data_dir: Path, spool_path: Path, unit: np.ndarray, near_rejects
             if u in near_rejects:  # rejects.jsonl keeps the record itself, read back from the spool
                 near_rejects[u].raw = json.loads(line)["row"]
             elif keep_valid[r]:
-                va.write(json.dumps(json.loads(line)["row"], ensure_ascii=False) + "\n")
+                va.write(jsonl_line(json.loads(line)["row"]))
         # Without mixing the order is ascending, so these seeks mostly land in the read buffer.
         for r in plan.train.tolist():
             spool.seek(offsets[r])
-            tr.write(json.dumps(json.loads(spool.readline())["row"], ensure_ascii=False) + "\n")
+            tr.write(jsonl_line(json.loads(spool.readline())["row"]))
 
 
 def _prepare_eval(cfg: Config, data_dir: Path) -> dict:
@@ -372,5 +387,7 @@ def _prepare_eval(cfg: Config, data_dir: Path) -> dict:
                 if m["role"] == "user":
                     train_turns.add(" ".join(m["content"].casefold().split()))
     leaked = [it.line for it in items if " ".join(it.messages[-1]["content"].casefold().split()) in train_turns]
-    atomic.write_jsonl(data_dir / "eval.jsonl", (it.row() for it in items))
+    with atomic.open_write(data_dir / "eval.jsonl") as f:
+        for it in items:
+            f.write(jsonl_line(it.row()))
     return {"source": cfg.data.eval, "items": len(items), "leaked_into_train": len(leaked), "leaked_lines": leaked[:20]}
