@@ -114,3 +114,43 @@ def test_relative_data_path_resolves_against_config_folder(tmp_path):
     (tmp_path / "d" / "t.jsonl").write_text("")
     cfg = load_config(_write(tmp_path, {"data": {"train": "d/t.jsonl"}}))
     assert cfg.data.train == str((tmp_path / "d" / "t.jsonl").resolve())
+
+
+# --- Overrides a user can mistype: exit 2 with a message, never a traceback ---------------------
+# Found by tests/data/test_properties.py (random key=value pairs).
+
+@pytest.mark.parametrize("override, says", [
+    ("model.base=[", "not valid YAML"),
+    ("model.base='", "not valid YAML"),
+    ("model.base=@x", "not valid YAML"),
+    ("model.base=\x1b", "not valid YAML"),
+    ("model.base=" + "[" * 3000, "not valid YAML"),
+    ("train.epochs=1e309", "finite number"),
+    ("train.lr=.nan", "finite number"),
+    ("data.mix=[{path: a.jsonl, weight: .inf}]", "finite number"),
+    ("seed=-1", "seed"),
+    ("seed=99999999999999999999999", "seed"),
+])
+def test_override_a_user_can_mistype_is_a_config_error(tmp_path, override, says):
+    assert says in _error(tmp_path, {"data": {"train": "x.jsonl"}}, [override])
+
+
+@pytest.mark.parametrize("key", ["data.train", "data.eval", "train.replay.file", "model.chat_template"])
+def test_path_too_long_for_the_file_system_is_not_a_traceback(tmp_path, key):
+    # A relative path is looked up beside the config; one longer than the OS allows raised OSError.
+    cfg = load_config(_write(tmp_path, {"data": {"train": "x.jsonl"}}), [f"{key}={'a/' * 3000}x"])
+    section, _, field = key.rpartition(".")
+    node = cfg
+    for part in section.split("."):
+        node = getattr(node, part)
+    assert getattr(node, field).startswith("a/a/")
+
+
+def test_config_file_that_is_not_utf8_or_too_deep(tmp_path):
+    p = tmp_path / "cfg.yaml"
+    p.write_bytes(b"data:\n  train: \xff\xfe.jsonl\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(p)
+    p.write_text("data: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)

@@ -20,7 +20,8 @@ from tunekit.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting means anything at inf or nan (`train.epochs=1e309` would run forever).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -216,6 +217,11 @@ class TrainConfig(_Section):
     peak RSS 2.8 GB instead of 4.2 GB, but ~20% slower on a CPU. See tunekit/train/allocator.py."""
     threads: int | None = Field(None, gt=0)
     replay: ReplayConfig = ReplayConfig()
+    distributed: Literal["auto", "ddp", "fsdp2"] = "auto"
+    """Under torchrun (several processes): ddp keeps a whole copy of the model in every process;
+    fsdp2 shards weights, gradients and optimiser state across them, per decoder layer. auto: ddp
+    for LoRA kinds (their gradients are small); for full, fsdp2 when the memory estimate says a
+    whole copy does not fit one process's memory. A single process ignores it."""
 
 
 class EvalConfig(_Section):
@@ -244,7 +250,7 @@ class ExportConfig(_Section):
 
 class Config(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # what numpy's and torch's generators all take
     model: ModelConfig = ModelConfig()
     data: DataConfig
     method: MethodConfig = MethodConfig()
@@ -318,10 +324,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override '{text}' has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, RecursionError) as e:  # PyYAML's parser is pure Python: a deep [[[... unwinds cleanly
+        raise ConfigError(f"override '{_short(text)}': the value is not valid YAML ({_first_line(e)}); "
+                          "quote it if it is text, e.g. key='value: with colon'") from None
     if isinstance(value, str) and _FLOAT.fullmatch(value):
         value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     return path, value
+
+
+def _short(text: str, keep: int = 80) -> str:
+    return text if len(text) <= keep else text[:keep] + "..."
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().split("\n")[0] if isinstance(e, yaml.YAMLError) else "nested too deep"
 
 
 def _apply_override(raw: dict, path: list[str], value: Any) -> None:
@@ -341,12 +359,18 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Pa
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # a name longer than the file system takes
+            found = False
+        if not found:
+            raise ConfigError(f"config file {_short(str(path))} not found")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e if isinstance(e, yaml.YAMLError) else 'nested too deep'}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not UTF-8 text; save it as UTF-8") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path} must be a mapping of sections (data, model, ...)")
         base_dir = base_dir or path.parent
@@ -372,9 +396,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Pa
 
 def _resolve_path(p: str, base_dir: Path) -> str:
     q = Path(p)
-    if q.is_absolute() or q.exists():
+    try:
+        if q.is_absolute() or q.exists():
+            return str(q)
+        return str((base_dir / q).resolve()) if (base_dir / q).exists() else str(q)
+    except (OSError, ValueError):  # a name longer than the file system takes: the stage reading it says so
         return str(q)
-    return str((base_dir / q).resolve()) if (base_dir / q).exists() else str(q)
 
 
 def dump_config(cfg: Config) -> str:
