@@ -25,6 +25,10 @@ ROLES = ("system", "user", "assistant")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
+REASONS = ("malformed_json", "malformed_csv", "bad_encoding", "too_deep", "not_an_object", "missing_messages",
+           "missing_field", "wrong_type", "unknown_role", "empty_turn", "misplaced_system", "bad_weight",
+           "bad_turn_order", "no_final_assistant", "no_trainable_turn", "over_long", *DUPLICATE_REASONS)
+"""Every reason a record is rejected for, as README's Data section lists them."""
 
 
 @dataclass
