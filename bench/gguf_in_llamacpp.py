@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tunekit.data.template import prompt_ids, render
-from tunekit.eval.generate import greedy_answers
+from tunekit.infer.greedy import greedy_answers
 from tunekit.export.run import ANSWER_TOKENS, check_questions
 from tunekit.models.tuned import load_target, resolve_target
 

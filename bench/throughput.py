@@ -27,7 +27,7 @@ from tunekit.config import load_config  # noqa: E402
 from tunekit.data.batches import collate, epoch_batches  # noqa: E402
 from tunekit.data.records import load_records  # noqa: E402
 from tunekit.data.template import prompt_ids, tokenize_chat  # noqa: E402
-from tunekit.eval.generate import greedy_batch, stop_ids  # noqa: E402
+from tunekit.infer.greedy import greedy_batch, stop_ids  # noqa: E402
 from tunekit.models import resolve  # noqa: E402
 from tunekit.models.loading import load_model, load_tokenizer, set_threads  # noqa: E402
 from tunekit.train.loop import optimizer_step  # noqa: E402

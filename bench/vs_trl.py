@@ -41,7 +41,7 @@ both tools in the same dtype too. The results' "machine" section records the CPU
 AVX512-BF16, and the decision with its reason and measured GFLOP/s.
 
 Generation: greedy answers to the held-out questions (the eval stage's work) with the
-eval stage's batch size and max_new_tokens, tunekit's loop (tunekit.eval.generate.
+eval stage's batch size and max_new_tokens, tunekit's loop (tunekit.infer.greedy.
 greedy_batch) against `transformers` `generate` in the same batches; tokens/s and
 whether the outputs are token-for-token identical.
 

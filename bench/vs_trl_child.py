@@ -198,7 +198,7 @@ def generate(spec: dict) -> dict:
     """Greedy answers to the held-out questions in the same batches: tunekit's loop or `generate`."""
     from tunekit.data.records import load_records
     from tunekit.data.template import prompt_ids
-    from tunekit.eval.generate import greedy_batch, stop_ids
+    from tunekit.infer.greedy import greedy_batch, stop_ids
     from tunekit.models.loading import load_model, set_threads
 
     set_threads(None)
@@ -226,7 +226,7 @@ def generate(spec: dict) -> dict:
 @torch.no_grad()
 def _hf_generate(model, prompts: list[list[int]], max_new_tokens: int, stop: set[int], pad_id: int) -> list[list[int]]:
     """`generate`, greedy, left-padded like tunekit's loop; each answer cut before its first stop token."""
-    from tunekit.eval.generate import left_pad
+    from tunekit.infer.decode import left_pad
 
     ids, mask = left_pad(prompts, pad_id)
     width = ids.shape[1]

@@ -42,7 +42,8 @@ def bf16_run(tmp_path, tiny_model_dir, bf16_fast):
 def test_auto_runs_every_stage_in_bf16_and_chat_and_generate_answer_as_the_eval_did(bf16_run, tmp_path, monkeypatch):
     from tunekit.serve.batch import generate_file, read_prompts
     from tunekit.serve.chat import ChatSession, chat_loop, lines_of
-    from tunekit.serve.engine import Sampling, open_model
+    from tunekit.infer.load import open_model
+    from tunekit.infer.sampling import Sampling
 
     state = json.loads((bf16_run / "train_state.json").read_text())
     assert state["precision"] == "bf16" and "bf16 400 vs fp32 100 GFLOP/s" in state["precision_reason"]
@@ -84,7 +85,8 @@ def test_bf16_chat_switches_adapters_by_reloading_merged_weights(monkeypatch, bf
     from serve_builders import USER, answers_of, make_adapter, peft_on, save_model, user
 
     from tunekit.serve.chat import ChatSession, chat_loop, lines_of
-    from tunekit.serve.engine import Sampling, open_model
+    from tunekit.infer.load import open_model
+    from tunekit.infer.sampling import Sampling
 
     monkeypatch.setenv("TUNEKIT_HOME", str(tmp_path / "home"))
     base = save_model(tmp_path / "lively")

@@ -218,9 +218,10 @@ def _serve_parsers(sub) -> None:
 
 
 def _cmd_chat(args) -> int:
+    from tunekit.infer.load import open_model
+    from tunekit.infer.sampling import Sampling
     from tunekit.models.loading import set_threads
     from tunekit.serve.chat import ChatSession, chat_loop, lines_of, seed_sampling, terminal_read
-    from tunekit.serve.engine import Sampling, open_model
 
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p).check()
     set_threads(None)
@@ -236,10 +237,11 @@ def _cmd_chat(args) -> int:
 
 def _cmd_generate(args) -> int:
     from tunekit.errors import ConfigError
+    from tunekit.infer.load import describe, open_model
+    from tunekit.infer.sampling import check_sizes
     from tunekit.models.loading import set_threads
     from tunekit.progress import console
-    from tunekit.serve.batch import check_sizes, default_output, generate_file, read_prompts
-    from tunekit.serve.engine import describe, open_model
+    from tunekit.serve.batch import default_output, generate_file, read_prompts
 
     check_sizes(args.max_new_tokens, args.batch_size)
     source = Path(args.input)

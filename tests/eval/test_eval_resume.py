@@ -22,7 +22,8 @@ from helpers import heldout_items, offline_env, tiny_run_config, write_config, w
 from tunekit import pipeline
 from tunekit.config import Config
 from tunekit.eval import evaluate as ev
-from tunekit.eval import forgetting, generate, partial
+from tunekit.eval import forgetting, partial
+from tunekit.infer import greedy as generate
 
 PROBE_QUESTIONS = 12  # of the 178 general questions: the same check, a fraction of the time
 BATCHES = {"base": 3, "few_shot": 3, "base probe": 3, "tuned": 3, "tuned probe": 3}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunekit.data.template import prompt_ids
-from tunekit.eval.generate import greedy_answers, greedy_batch
+from tunekit.infer.greedy import greedy_answers, greedy_batch
 from tunekit.models.loading import load_model
 
 QUESTIONS = ["Hi", "Where do I rotate an API key? Thanks, that helps a lot.",

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from tunekit.data.template import prompt_ids
-from tunekit.eval import generate as gen
-from tunekit.eval.generate import SharedPrefix, common_prefix, greedy_batch
+from tunekit.infer import cache
+from tunekit.infer import decode as gen
+from tunekit.infer.cache import SharedPrefix, common_prefix
+from tunekit.infer.greedy import greedy_answers, greedy_batch
 from tunekit.models.loading import load_model
 from tunekit.models.logits import OutputLayer, Post
 
@@ -48,14 +50,14 @@ def small_pieces(monkeypatch):
     before it is written (or zeroed, for padding) turns answers into garbage."""
     monkeypatch.setattr(gen, "HEAD_CHUNK", 64)
     monkeypatch.setattr(gen, "PREFILL_OVERHEAD", 0)
-    allocate = gen._SlabLayer._allocate
+    allocate = cache._SlabLayer._allocate
 
     def poisoned(self, k, v):
         allocate(self, k, v)
         self.k_buf.fill_(float("nan"))
         self.v_buf.fill_(float("nan"))
 
-    monkeypatch.setattr(gen._SlabLayer, "_allocate", poisoned)
+    monkeypatch.setattr(cache._SlabLayer, "_allocate", poisoned)
 
 
 def _generate(model, prompts, n, stop, pad):
@@ -141,7 +143,7 @@ def test_prefix_shared_across_batches(model, prompts, tiny_tokenizer):
 
 def test_greedy_answers_equal_generate(model, tiny_tokenizer):
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    got = gen.greedy_answers(model, tiny_tokenizer, conversations, 8, 2, "t")
+    got = greedy_answers(model, tiny_tokenizer, conversations, 8, 2, "t")
     prompts = [prompt_ids(tiny_tokenizer, c) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     want = [""] * len(prompts)
@@ -183,7 +185,7 @@ def test_fallbacks_equal_generate(model, prompts, tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(gen, "output_layer", lambda m: None)  # a family whose logits tunekit cannot reproduce
     assert gen._decoder_and_head(model) is None
     assert greedy_batch(model, prompts, 8, stop, pad) == want
-    monkeypatch.setattr(gen, "_plain_layer_count", lambda m: 0)
+    monkeypatch.setattr(gen, "plain_layer_count", lambda m: 0)
     assert greedy_batch(model, prompts, 8, stop, pad) == want
 
 

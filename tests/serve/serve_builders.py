@@ -54,7 +54,7 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 
 
 def answers_of(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-    from tunekit.eval.generate import greedy_answers
+    from tunekit.infer.greedy import greedy_answers
 
     return greedy_answers(model, tokenizer, conversations, max_new_tokens, 4, "expected")
 

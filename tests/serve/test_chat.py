@@ -14,7 +14,9 @@ from tunekit.cli import main
 from tunekit.data.template import prompt_ids
 from tunekit.models.loading import load_model
 from tunekit.serve.chat import ChatSession, chat_loop, lines_of
-from tunekit.serve.engine import Sampling, TextStream, open_model
+from tunekit.infer.load import open_model
+from tunekit.infer.sampling import Sampling
+from tunekit.infer.stream import TextStream
 
 NEW = 10
 OTHER = "Where do I rotate an API key?"

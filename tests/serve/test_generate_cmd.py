@@ -114,7 +114,7 @@ def test_cli_generate_on_an_adapter(lively_dir, adapter_a, prompts_file, capsys)
 
 
 def test_cli_generate_fails_before_loading(lively_dir, adapter_a, tmp_path, monkeypatch, capsys):
-    import tunekit.serve.engine as engine
+    import tunekit.infer.load as engine
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"promt": "typo"}\n', encoding="utf-8")
@@ -146,7 +146,7 @@ MORE = ROWS + [{"prompt": f"Question {i}: how do I reset my password?"} for i in
 def calls(monkeypatch):
     """Every greedy_answers call as (label, prompts received); `calls.fail_on = n` makes call n a Ctrl-C,
     `calls.fake = True` answers without the model."""
-    import tunekit.eval.generate as gen
+    import tunekit.infer.greedy as gen
 
     real, seen = gen.greedy_answers, []
 

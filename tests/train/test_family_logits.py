@@ -11,7 +11,8 @@ from families import FAMILIES, build_family
 from helpers import example_conversations
 from tunekit.data.batches import collate
 from tunekit.data.template import prompt_ids, tokenize_chat
-from tunekit.eval import generate as gen
+from tunekit.infer import decode as gen
+from tunekit.infer.greedy import greedy_batch
 from tunekit.models import logits as logits_mod
 from tunekit.models.logits import Post, output_layer
 from tunekit.train.loss import supervised_loss_sum
@@ -73,4 +74,4 @@ def test_decode_loop_equals_generate(family, tiny_tokenizer):
     for row in out[:, ids.shape[1]:].tolist():
         want.append(row[: next((j for j, t in enumerate(row) if t in stop), len(row))])
     assert gen._decoder_and_head(model) is not None
-    assert gen.greedy_batch(model, prompts, 6, stop, pad) == want
+    assert greedy_batch(model, prompts, 6, stop, pad) == want

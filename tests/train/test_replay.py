@@ -34,7 +34,7 @@ MULTI_TURN = next(p for p in PROMPTS if p["skill"] == "multi_turn")
 def fake_generation(tmp_path, monkeypatch, offline_home):
     """Six bundled prompts, and a generator that leaves one answer unfinished at the cap and gets one
     known sum wrong, counting its calls."""
-    import tunekit.eval.generate as generate
+    import tunekit.infer.greedy as generate
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     monkeypatch.setattr(replay, "PROMPTS_FILE", prompts)
@@ -111,7 +111,7 @@ def test_the_cache_key_follows_the_weights_the_template_and_the_prompts(tmp_path
 
 
 def test_no_finished_answer_is_a_clear_error(fake_generation, tiny_model_dir, tiny_tokenizer, monkeypatch):
-    import tunekit.eval.generate as generate
+    import tunekit.infer.greedy as generate
 
     monkeypatch.setattr(generate, "greedy_outputs", lambda m, t, convs, *a: [("rambling", False)] * len(convs))
     with pytest.raises(DataError, match="no usable answer to 6 general prompts \\(6 unfinished.*train.replay.fraction: 0"):

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunekit.eval.generate import greedy_answers
+from tunekit.infer.greedy import greedy_answers
 from tunekit.eval.metrics import mean, paired_bootstrap, perplexity, states_facts
 
 ASSETS = Path(__file__).parent / "assets"

@@ -13,7 +13,7 @@ precision, the config's model section and the weights' identity (the files of th
 folder and, for the tuned model, of its checkpoint). A journal made from other inputs is
 discarded, with a line on the console naming them, and its work is done again.
 
-Answers resume whole batches, in the order of generate.greedy_batches: every answer comes from
+Answers resume whole batches, in the order of infer.greedy.greedy_batches: every answer comes from
 the batch an uninterrupted run would have put it in, so the two runs write the same tokens.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.data.template import prompt_ids
-from tunekit.eval.generate import greedy_batches
+from tunekit.infer.greedy import greedy_batches
 from tunekit.progress import console
 
 FOLDER = "partial"  # under the run's eval/

@@ -286,15 +286,14 @@ def _check_tokenizer(hf_tok, gg_tok, text: str, gguf_file: Path) -> None:
 
 @torch.no_grad()
 def _probe(model, ids: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """Logits at every probe position, and the greedy continuation (a plain loop: no generation config involved)."""
+    """Logits at every probe position, and the greedy continuation from tunekit's decode loop (no
+    generation config involved; no stop token, so always GREEDY_TOKENS long)."""
+    from tunekit.infer.cache import SharedPrefix
+    from tunekit.infer.greedy import greedy_batch
+
     model.eval()
-    seq = torch.tensor([ids], device=model.device)
-    logits = model(seq).logits[0]
-    cont = []
-    nxt = logits[-1].argmax()
-    for _ in range(GREEDY_TOKENS):
-        cont.append(int(nxt))
-        seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
-        nxt = model(seq).logits[0, -1].argmax()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device=model.device)).logits[0]
+    cont = greedy_batch(model, [ids], GREEDY_TOKENS, set(), 0, SharedPrefix([]))[0]
     del model
     return logits.cpu(), cont

@@ -62,7 +62,7 @@ def check_questions(target: Target, n: int) -> list[list[dict]]:
 
 def _answers(model, tokenizer, questions: list[list[dict]], label: str) -> list[str]:
     """Greedy answers, all questions in one batch (a handful: the check is about equality, not speed)."""
-    from tunekit.eval.generate import greedy_answers
+    from tunekit.infer.greedy import greedy_answers
 
     return greedy_answers(model, tokenizer, questions, ANSWER_TOKENS, len(questions), label)
 

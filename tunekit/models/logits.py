@@ -1,6 +1,6 @@
 """Logits from a decoder's last hidden states, exactly as the model's own forward makes them.
 
-Training (train/loss.py) and greedy decoding (eval/generate.py) do not call `model.forward`:
+Training (train/loss.py) and greedy decoding (infer/decode.py) do not call `model.forward`:
 they run the decoder, keep the rows they need, and apply the output layer to those rows
 only, which is what keeps a 49k-wide vocabulary affordable. But several families do more
 in their forward than `lm_head(h)`:

@@ -132,7 +132,7 @@ def _score(cfg: Config, point_dir: Path, model_path: Path, tokenizer, questions:
     if not questions:
         return float(tuned_checkpoint(point_dir)[1]), "valid_loss"
     from tunekit.eval.evaluate import load_tuned
-    from tunekit.eval.generate import greedy_answers
+    from tunekit.infer.greedy import greedy_answers
     from tunekit.eval.metrics import accuracy, states_facts
     from tunekit.hardware import for_inference
     from tunekit.models.tuned import run_precision

@@ -1,7 +1,7 @@
 """`tunekit generate`: answer every prompt of a JSONL file, greedily, in batches.
 
-The answers come from the eval stage's `greedy_answers`, so they are the ones `tunekit eval`
-would score for the same prompts. Every line is checked before the model loads: a typo on
+The answers come from `infer.greedy.greedy_answers`, as the eval stage's do, so they are the ones
+`tunekit eval` would score for the same prompts. Every line is checked before the model loads: a typo on
 line 9,000 should not cost the time to answer the 8,999 before it.
 
 Answers are written as they come, a few batches at a time, to `<output>.partial`, so a crash or
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tunekit import atomic
 from tunekit.data.records import check_messages
-from tunekit.errors import ConfigError, DataError
+from tunekit.errors import DataError
+from tunekit.infer.sampling import check_sizes
 
 EXPECTED = ('one JSON object a line: {"messages": [..., {"role": "user", "content": "..."}]} (a trailing assistant turn '
             'is kept as the reference answer), {"prompt": "..."} or {"instruction": "...", "input": "..."}')
@@ -127,13 +128,6 @@ def _messages(value: object, bad) -> tuple[list[dict], str | None]:
     return [{"role": m["role"], "content": m["content"]} for m in messages], reference
 
 
-def check_sizes(max_new_tokens: int, batch_size: int = 1) -> None:
-    """ConfigError unless --max-new-tokens and --batch-size are at least 1 (chat's Sampling.check uses it too)."""
-    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
-        if value < 1:
-            raise ConfigError(f"{flag} is {value}; give at least 1")
-
-
 @dataclass
 class Written:
     path: Path
@@ -155,7 +149,7 @@ def generate_file(model, tokenizer, prompts: list[Prompt], output: str | Path, l
     Answers go in input-order chunks of 4 batches to `<output>.partial` (appended, fsynced), which
     becomes `output` when the last is written. Run again with the same prompts and settings after
     a crash or Ctrl-C, it resumes after the answers the .partial holds."""
-    from tunekit.eval.generate import greedy_answers
+    from tunekit.infer.greedy import greedy_answers
     from tunekit.progress import console
 
     say = say or (lambda text: console.print(text, markup=False, soft_wrap=True))  # a path must not break across lines

@@ -1,5 +1,8 @@
 """`tunekit chat`: a multi-turn conversation with a model, a run's tuned model or an adapter.
 
+The terminal side only (the REPL, its commands, fitting turns into the context); the answers come
+from the one inference engine, tunekit/infer (stream.stream_answer).
+
 The loop is a plain function over a line source and an output stream, so a terminal, a pipe
 and the tests drive the same code; the CLI only picks the source.
 
@@ -20,9 +23,12 @@ from typing import TextIO
 
 import torch
 
-from tunekit.errors import CheckpointError, ModelError, TunekitError
-from tunekit.eval.generate import stop_ids
-from tunekit.serve.engine import Loaded, Sampling, context_limit, describe, fit_context, stream_answer
+from tunekit.data.template import prompt_ids
+from tunekit.errors import CheckpointError, ConfigError, ModelError, TunekitError
+from tunekit.infer.greedy import stop_ids
+from tunekit.infer.load import Loaded, context_window, describe
+from tunekit.infer.sampling import Sampling
+from tunekit.infer.stream import stream_answer
 
 COMMANDS = "/help /reset /system /adapter /quit"
 HELP = """\
@@ -33,6 +39,36 @@ HELP = """\
 /adapter NAME           use a loaded adapter again
 /adapter off | on       the base model alone | back to the last adapter
 /quit                   end (also Ctrl-D; Ctrl-C stops an answer, or ends at the prompt)"""
+
+
+def context_limit(model, max_new_tokens: int) -> int | None:
+    """Prompt tokens that leave room for a full answer within the model's context; None: no known limit."""
+    window = context_window(model)
+    if not window:
+        return None
+    if window - max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+                          f"{window} tokens; lower it")
+    return window - max_new_tokens
+
+
+def conversation(system: str | None, turns: list[dict]) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def fit_context(tokenizer, system: str | None, turns: list[dict], limit: int | None) -> tuple[list[int], int]:
+    """(prompt ids, how many of the oldest turns were left out to fit `limit`). Turns go in
+    user+assistant pairs, oldest first; the system prompt and the last question always stay."""
+    dropped = 0
+    while True:
+        ids = prompt_ids(tokenizer, conversation(system, turns[dropped:]))
+        if limit is None or len(ids) <= limit:
+            return ids, dropped
+        if len(turns) - dropped <= 1:
+            raise ModelError(f"this message makes a prompt of {len(ids)} tokens (with the system prompt and chat template), "
+                             f"over the {limit} the model's context leaves beside --max-new-tokens; shorten it, "
+                             f"or lower --max-new-tokens")
+        dropped += 2
 
 
 @dataclass

@@ -125,7 +125,7 @@ def load_prompts() -> list[dict]:
 
 def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32") -> ReplayPool:
     """Have the base model answer the general prompts, and cache the finished answers."""
-    from tunekit.eval.generate import greedy_outputs
+    from tunekit.infer.greedy import greedy_outputs
     from tunekit.hardware import for_inference
     from tunekit.models.loading import load_model
 
