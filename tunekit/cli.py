@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also train on growing shares of the data and plot the score against examples (one training per share)")
     plan.add_argument("--fractions", default="10,25,50,100", help="percentages of the training data for --curve (default: 10,25,50,100)")
     _serve_parsers(sub)
+    _server_parsers(sub)
     doctor = sub.add_parser("doctor", help="what this machine can do: cores, ISA, AMX, measured fp32/bf16 speed, GPUs, versions")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -215,6 +216,56 @@ def _serve_parsers(sub) -> None:
     gen.add_argument("--input", required=True, help='JSONL: {"messages": [...]}, {"prompt": ...} or {"instruction", "input"} a line')
     gen.add_argument("--output", help="where answers go (default: <input stem>.answers.jsonl beside the input)")
     gen.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default: 16)")
+
+
+def _server_parsers(sub) -> None:
+    """`serve` (the OpenAI-compatible API and job queue) and `keys` (who may call it)."""
+    srv = sub.add_parser("serve", help="OpenAI-compatible API: upload files, run fine-tuning jobs, list models")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    srv.add_argument("--workers", type=int, default=1, help="jobs that train at the same time (default: 1; others queue)")
+    srv.add_argument("--max-upload-mb", type=float, default=512, help="largest upload in MB; larger ones get 413 (default: 512)")
+    srv.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; one more gets 429 (default: 64)")
+    srv.add_argument("--job-defaults", metavar="YAML",
+                     help="a tunekit config without data whose settings every job starts from (LoRA rank, eval, ...)")
+    keys = sub.add_parser("keys", help="API keys for `tunekit serve`").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="make a key; it is printed once, alone on the last line")
+    create.add_argument("name", help="the key's name (letters, digits, . _ -)")
+    create.add_argument("--owner", help="whose files, jobs and models the key sees (default: NAME)")
+    keys.add_parser("list", help="names, owners, creation and revocation times (never the keys)")
+    keys.add_parser("revoke", help="refuse a key from now on").add_argument("name")
+
+
+def _cmd_serve(args) -> int:
+    from tunekit.serve.server import serve
+
+    serve(args.host, args.port, args.workers, args.max_upload_mb, args.max_queue, args.job_defaults)
+    return 0
+
+
+def _cmd_keys(args) -> int:
+    import time
+
+    from tunekit.serve import keys, store
+
+    root = store.serve_home()
+    if args.keys_command == "create":
+        key = keys.create(root, args.name, args.owner)
+        print(f"key {args.name!r} for owner {args.owner or args.name!r}; it is shown only now (the server keeps its hash):",
+              file=sys.stderr)
+        print(key)
+    elif args.keys_command == "list":
+        rows = keys.list_keys(root)
+        when = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""  # noqa: E731
+        for k in rows:
+            print(f"{k['name']}\towner {k['owner']}\tcreated {when(k['created_at'])}"
+                  + (f"\trevoked {when(k['revoked_at'])}" if k["revoked_at"] else ""))
+        if not rows:
+            print("no keys; create one with `tunekit keys create NAME`", file=sys.stderr)
+    else:
+        keys.revoke(root, args.name)
+        print(f"revoked key {args.name!r}")
+    return 0
 
 
 def _cmd_chat(args) -> int:
@@ -407,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"models": _cmd_models, "data": _cmd_data, "plan": _cmd_plan, "export": _cmd_export, "chat": _cmd_chat,
-                    "generate": _cmd_generate, "doctor": _cmd_doctor}
+                    "generate": _cmd_generate, "doctor": _cmd_doctor, "serve": _cmd_serve, "keys": _cmd_keys}
         with stop_on_signals():
             return commands.get(args.command, _cmd_stage)(args)
     except Interrupted as e:  # SIGTERM or SIGINT: cleanup has run, and training saved where it stopped
