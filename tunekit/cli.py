@@ -28,7 +28,11 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def _resume_flags(p: argparse.ArgumentParser) -> None:
-    """--resume / --no-resume for stages that train; resuming is the default either way."""
+    """--resume / --no-resume for stages that train; resuming is the default either way. And
+    --nproc-per-node: the same command in N processes on this machine, launched through torchrun."""
+    p.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="train in N processes on this machine (one per GPU; on a CPU they share the cores): "
+                        "runs this command under torchrun --standalone. Several machines: see the README")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint of this config (the default; a killed run ends as an uninterrupted one would)")
@@ -98,12 +102,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _own_run(run_dir: Path, config_file: str, cfg, force: bool = False) -> Iterator[None]:
-    """Hold the run folder's lock, and refuse it when another config file owns it (runfolder.py)."""
-    from tunekit import runfolder
+    """Hold the run folder's lock, and refuse it when another config file owns it (runfolder.py).
 
-    with runfolder.locked(run_dir):
-        runfolder.claim(run_dir, config_file, cfg, force)
+    Under torchrun every process runs the command: rank 0 holds the lock for all of them (the
+    others would find it taken), and they learn whether it could (hardware.agree)."""
+    from tunekit import hardware, runfolder
+
+    with contextlib.ExitStack() as held:
+        def own() -> None:
+            held.enter_context(runfolder.locked(run_dir))
+            runfolder.claim(run_dir, config_file, cfg, force)
+
+        hardware.agree(own)
         yield
+
+
+def _launch_torchrun(args, n: int) -> int:
+    """This command again, without --nproc-per-node, in `n` processes under torchrun on this machine;
+    returns torchrun's exit code (1 when a process failed: its own message says which and why)."""
+    import signal
+    import subprocess
+
+    from tunekit import hardware
+    from tunekit.errors import ConfigError
+
+    if hardware.world_size() > 1:
+        raise ConfigError("--nproc-per-node launches torchrun, and this command already runs under it; leave it out")
+    gpus = hardware.cuda_device_count()
+    if gpus and n > gpus:
+        raise ConfigError(f"--nproc-per-node {n}: this machine has {gpus} GPUs; give at most {gpus}, one process each")
+    rest = _without_option(args.argv, "--nproc-per-node")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "tunekit", *rest]
+    print(f"tunekit: launching {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except BaseException:  # SIGTERM here (Ctrl-C reaches torchrun itself): torchrun stops its processes
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` / `option=VALUE` (or an abbreviation argparse took for it)."""
+    out, skip = [], False
+    for tok in argv:
+        name = tok.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) >= 4 and option.startswith(name):
+            skip = "=" not in tok
+        else:
+            out.append(tok)
+    return out
 
 
 def _cmd_stage(args) -> int:
@@ -115,6 +166,13 @@ def _cmd_stage(args) -> int:
     if getattr(args, "resume", False) and args.force:
         # --force sets aside the checkpoints --resume asks to continue from.
         raise ConfigError("--resume continues from the last checkpoint and --force starts over; give one of them")
+    n = getattr(args, "nproc_per_node", None)
+    if n is not None and n < 1:
+        raise ConfigError(f"--nproc-per-node {n}: give 1 or more processes")
+    if n is not None and n > 1:
+        load_config(args.config, args.overrides)  # a bad config fails here, once, not in every process
+        return _launch_torchrun(args, n)
+    _join_ranks()
     cfg = load_config(args.config, args.overrides)
     run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
     resume = not getattr(args, "no_resume", False)
@@ -131,6 +189,15 @@ def _cmd_stage(args) -> int:
     elif result is not None:
         console.print(f"{args.command} done: {run_dir}")
     return 0
+
+
+def _join_ranks() -> None:
+    """Under torchrun: join the process group; only rank 0 prints progress (the others would repeat it)."""
+    from tunekit import hardware
+    from tunekit.progress import console
+
+    if hardware.join_process_group() and not hardware.is_main():
+        console.quiet = True
 
 
 def _export_settings(saved: dict, chosen: dict):
@@ -448,6 +515,7 @@ def _print_models(rows: list[dict], as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc-per-node to relaunch the command
     # Prepare tokenises on both cores (100k records: 35-45 s instead of ~58 s). tunekit
     # forks no workers after tokenising, so the tokenizers fork-safety fallback never bites.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -476,8 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     except TunekitError as e:
         if args.debug:
             raise
-        print(f"tunekit: {e.kind}: {e}", file=sys.stderr)
+        if not getattr(e, "told_by_rank0", False):  # under torchrun rank 0 says it once for every process
+            print(f"tunekit: {e.kind}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tunekit: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        from tunekit.hardware import leave_process_group
+
+        leave_process_group()

@@ -92,13 +92,142 @@ FP32 = Precision(None, torch.device("cpu"), "fp32")
 
 
 def set_threads(threads: int | None) -> None:
-    """Use every core unless told otherwise (torch's default can undercount in containers)."""
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    """Use every core unless told otherwise (torch's default can undercount in containers); the
+    processes torchrun starts on one machine share its cores (each OpenMP pool spinning on every
+    core would make them fight for the cores: small matmuls ran ~20x slower that way)."""
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_world_size()))
 
 
 def pick_device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one (under torchrun: this process's own, LOCAL_RANK), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank()) if world_size() > 1 else torch.device("cuda")
+
+
+# --- Several processes: torchrun's environment and the process group ---
+#
+# torchrun (and Ray, SLURM scripts and others that follow its convention) starts one process per
+# device and tells each its place in the environment: RANK, WORLD_SIZE, LOCAL_RANK,
+# LOCAL_WORLD_SIZE, MASTER_ADDR/PORT. Every process runs the same command; rank 0 alone writes
+# the run folder, and the others learn its decisions (`agree`).
+
+DEFAULT_TIMEOUT_S = 1800
+"""How long a collective waits for the slowest process before failing. The other processes wait
+in one while rank 0 alone prepares the data or writes a checkpoint; torch's own default (10
+minutes for gloo) cut a data preparation of a few hundred thousand records short. The
+environment variable TUNEKIT_DIST_TIMEOUT_S sets another."""
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={os.environ[name]!r} is not a whole number") from None
+
+
+def world_size() -> int:
+    """How many processes the job has (1 without torchrun)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def rank() -> int:
+    return _env_int("RANK", 0)
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", 0)
+
+
+def local_world_size() -> int:
+    """How many of the job's processes run on this machine."""
+    return _env_int("LOCAL_WORLD_SIZE", 1)
+
+
+def cuda_device_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes the run folder, logs and prints."""
+    return rank() == 0
+
+
+def join_process_group() -> bool:
+    """Join the job's process group when torchrun started several processes; False when alone.
+
+    env:// reads the rendezvous torchrun made (MASTER_ADDR/PORT). gloo moves the CPU tensors
+    (and the small messages of `agree`); on GPUs nccl moves the GPU tensors. The timeout is
+    explicit (DEFAULT_TIMEOUT_S). Idempotent: a second call, or a launcher that joined already
+    (Ray Train), keeps the group there is."""
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    if world_size() == 1:
+        return False
+    if dist.is_initialized():
+        return True
+    device = pick_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=_env_int("TUNEKIT_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    dist.init_process_group(backend, init_method="env://", timeout=timeout)
+    return True
+
+
+def leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def joined() -> bool:
+    """Whether this process is one of several in a process group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def agree(work, *args, **kwargs):
+    """Rank 0 runs `work(*args, **kwargs)`; every process returns its result, or raises its error.
+
+    For what one process decides or writes for all (the run folder's lock, a stage only rank 0
+    runs, which checkpoint to resume): the others wait here, then go on as rank 0 did. A
+    failure on rank 0 reaches them as the same exception, not as a collective timing out half an
+    hour later. Alone (no process group) it is a plain call."""
+    if not joined():
+        return work(*args, **kwargs)
+    import torch.distributed as dist
+
+    mine = None
+    if dist.get_rank() == 0:
+        try:
+            mine = ("ok", work(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001  passed on to the others, then raised here too
+            mine = ("error", e)
+    told = mine
+    if mine is not None and mine[0] == "error" and not _pickles(mine[1]):
+        told = ("error", RuntimeError(f"{type(mine[1]).__name__}: {mine[1]}"))  # its words, at least
+    box = [told]
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    outcome, value = mine if mine is not None else box[0]
+    if outcome == "error":
+        if mine is None:
+            value.told_by_rank0 = True  # the CLI prints it on rank 0 only
+        raise value
+    return value
+
+
+def _pickles(obj) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(obj))
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def amx() -> bool:

@@ -37,7 +37,8 @@ _OUTPUTS = {
 }
 
 # Settings that change how a run is carried out, not what it computes.
-_NO_EFFECT = ("threads", "log_every", "save_every", "keep_last")
+# `distributed` too: DDP and FSDP2 compute the same update as one process (tests/distributed).
+_NO_EFFECT = ("threads", "log_every", "save_every", "keep_last", "distributed")
 
 
 def stage_hash(cfg: Config, stage: str) -> str:
@@ -153,12 +154,35 @@ def load_run_tokenizer(cfg: Config, path: Path):
     return tokenizer
 
 
+# Stages every process of a job runs together (torchrun); rank 0 alone runs the others while the
+# rest wait for its outcome (hardware.agree).
+_ALL_RANKS = ("train",)
+
+
 def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resume: bool = True) -> dict | None:
-    """Run one stage unless it is already done with the same inputs."""
+    """Run one stage unless it is already done with the same inputs.
+
+    Under torchrun every process calls this; rank 0 decides whether the stage runs and alone
+    writes the run folder (config.yaml, what is set aside, the marker)."""
+    from tunekit import hardware
+
     cfg = settle_template(cfg)
+    if not hardware.agree(_before_stage, cfg, run_dir, stage, force, resume):
+        return None
+    t0 = time.time()
+    if stage in _ALL_RANKS or not hardware.joined():
+        result = _STAGE_FUNCS[stage](cfg, run_dir, force=force, resume=resume)
+    else:
+        result = hardware.agree(_STAGE_FUNCS[stage], cfg, run_dir, force=force, resume=resume)
+    hardware.agree(atomic.write_json, _marker(run_dir, stage), {"hash": stage_hash(cfg, stage), "seconds": round(time.time() - t0, 1)})
+    return result
+
+
+def _before_stage(cfg: Config, run_dir: Path, stage: str, force: bool, resume: bool) -> bool:
+    """Whether `stage` runs; if so, what it replaces is set aside and config.yaml written."""
     if not force and is_done(cfg, run_dir, stage):
         console.print(f"[dim]{stage}: already done (use --force to redo)[/]")
-        return None
+        return False
     # Before anything in the run folder changes: a bad config leaves the last good run intact.
     if stage == "export" and not cfg.export.formats:
         from tunekit.errors import ConfigError
@@ -174,10 +198,7 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resum
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     console.rule(f"[bold]{stage}")
-    t0 = time.time()
-    result = _STAGE_FUNCS[stage](cfg, run_dir, force=force, resume=resume)
-    atomic.write_json(_marker(run_dir, stage), {"hash": stage_hash(cfg, stage), "seconds": round(time.time() - t0, 1)})
-    return result
+    return True
 
 
 def run_all(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True) -> Path:

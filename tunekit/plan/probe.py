@@ -39,7 +39,7 @@ from tunekit.plan.estimate import (
 from tunekit.progress import Bar
 from tunekit.train import checkpoint
 from tunekit.train.loop import evaluate_loss, make_batch, optimizer_step, replay_state, setup_training
-from tunekit.train.memory import _available_bytes, estimate_memory
+from tunekit.train.memory import available_bytes, estimate_memory
 from tunekit.train.metrics import peak_memory_mb
 from tunekit.train.plot import loss_curve_png
 
@@ -86,7 +86,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
     evals = eval_steps(plan.total_steps, cfg.train.eval_every) if valid_ex else []
     saves = save_count(plan.total_steps, cfg.train.save_every, evals, cfg.train.keep_best)
     seconds = train_seconds(costs, sizes.padded, len(evals), saves)
-    avail = _available_bytes()
+    avail = available_bytes()
     result = {
         "steps": plan.total_steps,
         "micro_batches": plan.total_steps * plan.grad_accum,

@@ -53,14 +53,14 @@ def tuned_checkpoint(run_dir: Path) -> tuple[Path, float | None]:
     return final, state.get("valid_loss")
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -96,24 +96,30 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
     try:
         with atomic.directory(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
             if scaler is not None:
                 trainer["scaler"] = scaler.state_dict()
             torch.save(trainer, tmp / "trainer_state.pt")
             # state.json is written last inside the folder: a folder without it is not a checkpoint.
             (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     except OSError as e:
-        raise CheckpointError(_write_failure(final, e)) from e
+        raise CheckpointError(write_failure(final, e)) from e
+    prune(ckpt_root, keep_last, state.get("best"))
+    return final
+
+
+def prune(ckpt_root: Path, keep_last: int, best: int | None) -> None:
+    """After a checkpoint is written: keep the newest `keep_last`, the `best` step and those a finished
+    training named; remove the others, and the temporary folders of writes that were killed."""
     # A killed earlier write leaves its temporary folder (up to a whole model's size);
     # this write succeeded, so none of them can be in use by this run any more.
     for stale in ckpt_root.glob(".step-*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
     found = list_checkpoints(ckpt_root)
-    keep = {s for s, _ in found[-keep_last:]} | {state.get("best")} | _named_by_train_state(ckpt_root.parent)
+    keep = {s for s, _ in found[-keep_last:]} | {best} | _named_by_train_state(ckpt_root.parent)
     for s, old in found:
         if s not in keep:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _named_by_train_state(run_dir: Path) -> set[int]:
@@ -141,7 +147,7 @@ def _kept(final: Path) -> str:
             else "no earlier checkpoint exists, so a rerun starts over")
 
 
-def _write_failure(final: Path, e: OSError) -> str:
+def write_failure(final: Path, e: OSError) -> str:
     """What went wrong writing `final`, and that the checkpoint before it is untouched."""
     kept = _kept(final)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -166,7 +172,7 @@ def load(path: Path, model, optimizer, scheduler, scaler=None) -> dict:
     scheduler.load_state_dict(trainer["scheduler"])
     if scaler is not None and "scaler" in trainer:
         scaler.load_state_dict(trainer["scaler"])
-    _set_rng_state(trainer["rng"])
+    set_rng_state(trainer["rng"])
     return state
 
 

@@ -12,9 +12,11 @@ checkpoint.py, metrics.py (metrics.jsonl, TensorBoard, memory) and plot.py (loss
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +28,16 @@ from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
 from tunekit.data.pack import collate_packed
 from tunekit.data.template import Tokenized
-from tunekit.errors import OutOfMemory, TunekitError
+from tunekit.errors import CheckpointError, OutOfMemory, TunekitError
 from tunekit.hardware import FP32, Precision
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import Bar, console
-from tunekit.train import checkpoint
+from tunekit.train import checkpoint, checkpoint_dcp, distributed
 from tunekit.train.allocator import return_freed_memory_promptly
 from tunekit.train.compute import cast_frozen, enable_activation_checkpointing
 from tunekit.train.guard import NonFiniteWatch, skip_if_nonfinite
 from tunekit.train.heldout import HeldOut
+from tunekit.train.distributed import Ranks, is_wrapped
 from tunekit.train.loss import supervised_loss_sum, supervised_rows
 from tunekit.train.memory import print_memory_estimate
 from tunekit.train.methods import apply_method
@@ -98,7 +101,9 @@ def to_device(b: Batch, device: torch.device) -> tuple[Batch, tuple[torch.Tensor
 
 
 def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, max_grad_norm: float,
-                   precision: Precision = FP32, scaler=None, kl_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                   precision: Precision = FP32, scaler=None, kl_weight: float = 0.0,
+                   ranks: Ranks | None = None, weights: list[float] | None = None,
+                   supervised: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step over micro-batches; returns (loss per supervised token, grad norm) as 0-d
     tensors on the device, so the caller decides when to pay a host sync to read them.
 
@@ -106,21 +111,33 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
     so the accumulated gradient is that of one batch holding them all. `scaler`: fp16's
     GradScaler, which skips steps whose scaled gradients overflowed. `kl_weight`: train.replay.kl,
     for the replay tokens a batch marks (loss.distill_sum).
+
+    In a job of several processes (`ranks`): `batches` are this process's shards of the step's
+    micro-batches, `weights` their weights (0 for a stand-in, distributed.Ranks.local), and
+    `supervised` the step's supervised tokens over every process. Each loss sum is scaled by
+    world / supervised: DDP and FSDP2 average gradients over the processes, so what every process
+    ends with is the sum over all tokens / supervised, as one process computes it.
     """
-    n_sup = max(sum(b.supervised for b in batches), 1)
+    n_sup = max(sum(b.supervised for b in batches) if supervised is None else supervised, 1)
     step_loss = torch.zeros((), device=params[0].device)
-    for b in batches:
+    for i, b in enumerate(batches):
         b, rows = to_device(b, params[0].device)
         with hardware.attention_for(model, b.input_ids.shape[1], precision):  # backward too: see there
-            with precision.autocast():
-                loss_sum, _ = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows,
-                                                  b.distill, kl_weight)
-            loss = loss_sum / n_sup
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            with ranks.sync(last=i == len(batches) - 1) if ranks else contextlib.nullcontext():
+                with precision.autocast():
+                    loss_sum, _ = loss_sum_of(ranks.wrapped if ranks else model, b, rows, kl_weight)
+                if ranks is None:
+                    loss = loss_sum / n_sup
+                else:
+                    loss_sum = loss_sum * weights[i]
+                    loss = loss_sum * (ranks.world / n_sup)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
         step_loss += loss_sum.detach().float()
+    if ranks is not None:
+        step_loss = ranks.total(step_loss)
     if scaler is not None:
         scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = distributed.full_norm(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -138,19 +155,28 @@ def optimizer_step(model, batches: list[Batch], params, optimizer, scheduler, ma
     return step_loss / n_sup, grad_norm.detach()
 
 
+def loss_sum_of(model, b: Batch, rows, kl_weight: float = 0.0) -> tuple[torch.Tensor, int]:
+    """The summed loss of batch `b` (on the device, `rows` its supervised positions); through the
+    wrapper's forward when `model` is wrapped for DDP or FSDP2 (distributed.LossForward)."""
+    args = (b.input_ids, b.attention_mask, b.labels, b.position_ids, rows, b.distill, kl_weight)
+    return model(*args) if is_wrapped(model) else supervised_loss_sum(model, *args)
+
+
 @torch.no_grad()
 def evaluate_loss(model, examples, pad_id: int, batch_size: int, pack_to: int | None = None,
                   precision: Precision = FP32) -> float:
-    """Mean cross-entropy per supervised token over `examples` (packed into rows of `pack_to` if given)."""
+    """Mean cross-entropy per supervised token over `examples` (packed into rows of `pack_to` if given).
+    `model` may be a process group's evaluator (distributed.Ranks.evaluator)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    bare = model.model if isinstance(model, distributed.LossForward) else model
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for s in range(0, len(order), batch_size):
         b, rows = to_device(make_batch(examples, order[s : s + batch_size], pad_id, pack_to), device)
-        with precision.autocast(), hardware.attention_for(model, b.input_ids.shape[1], precision):
-            loss, n = supervised_loss_sum(model, b.input_ids, b.attention_mask, b.labels, b.position_ids, rows)
+        with precision.autocast(), hardware.attention_for(bare, b.input_ids.shape[1], precision):
+            loss, n = loss_sum_of(model, b, rows)
         total, count = total + loss.float(), count + n  # summed on the device: one sync at the end
     model.train(was_training)
     return float(total) / max(count, 1)
@@ -174,6 +200,7 @@ class Setup:
     scaler: object  # torch.amp.GradScaler for fp16, else None
     replay: ReplayPool | None = None
     n_replay: int = 0  # how many of train_ex are replay examples (the last ones)
+    ranks: Ranks | None = None  # in a job of several processes (torchrun): the wrapped model and collectives
 
 
 def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, before_model=None) -> Setup:
@@ -195,20 +222,24 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     if before_model is not None:
         before_model(device)
     model, summary = apply_method(load_model(model_path, master_dtype(cfg)), cfg.method)
-    if cfg.method.kind != "full":  # a full fine-tune saves every weight: none may be rounded
-        cast_frozen(model, precision)
     # Padded batches are never wider than the longest example; packed rows fill max_length.
     widest = None if cfg.data.packing else max(len(e.input_ids) for e in train_ex)
+    strategy = distributed.choose_strategy(cfg, model, precision, widest) if hardware.joined() else None
+    # A full fine-tune saves every weight: none may be rounded. FSDP2 gathers a block's weights in
+    # one buffer of one dtype, so there the frozen weights stay as the adapters are (autocast casts them).
+    if cfg.method.kind != "full" and (strategy is None or strategy[0] != "fsdp2"):
+        cast_frozen(model, precision)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    ranks = distributed.wrap(model, strategy[0], device, strategy[1]) if strategy else None
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: FSDP2's are new
     plan = make_plan(cfg, train_ex)
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
     scheduler = make_scheduler(optimizer, cfg.train, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
     return Setup(train_ex, valid_ex, device, precision, model, summary, widest, params, plan, optimizer, scheduler, scaler,
-                 pool, len(replayed))
+                 pool, len(replayed), ranks)
 
 
 def master_dtype(cfg: Config) -> str:
@@ -226,7 +257,10 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     """Train into `run_dir/checkpoints`; returns the summary written to train_state.json."""
     if cfg.train.tensorboard:
         require_tensorboard()  # now, not after the model has loaded
+    hardware.join_process_group()  # under torchrun; the CLI has joined already
     s = setup_training(cfg, run_dir, model_path, tokenizer)
+    if s.ranks is not None:
+        console.print(f"[bold]processes[/] {s.ranks.describe()}")
     console.print(f"[bold]precision[/] {s.precision.describe()}")
     if master_dtype(cfg) != cfg.model.dtype:
         console.print(f"[yellow]note[/] method.kind full with model.dtype {cfg.model.dtype}: the weights train as fp32 master "
@@ -236,7 +270,8 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     if s.replay is not None:
         console.print(f"[bold]replay[/] {s.n_replay} of {len(s.train_ex)} training examples "
                       f"(train.replay.fraction {cfg.train.replay.fraction}): {s.replay.describe()}")
-    estimate = print_memory_estimate(s.model, cfg, s.widest, s.precision)
+    shards = s.ranks.world if s.ranks is not None and s.ranks.strategy == "fsdp2" else 1
+    estimate = print_memory_estimate(s.model, cfg, s.widest, s.precision, shards)
     try:
         return _fit(cfg, run_dir, s, tokenizer.pad_token_id, resume, config_hash, estimate)
     except torch.OutOfMemoryError:
@@ -247,39 +282,48 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
     train_ex, valid_ex, device, precision, model, summary = s.train_ex, s.valid_ex, s.device, s.precision, s.model, s.summary
     params, plan, optimizer, scheduler, scaler = s.params, s.plan, s.optimizer, s.scheduler, s.scaler
     ckpt_root = run_dir / "checkpoints"
-    start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, scaler, resume, config_hash)
+    ranks, main = s.ranks, s.ranks is None or s.ranks.main  # only rank 0 writes the run folder
+    start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, scaler, resume, config_hash, ranks)
     heldout = HeldOut.from_state(state.get("heldout"), cfg.train.early_stopping_patience)
     _warn_without_heldout(cfg, valid_ex)
     metrics_path = run_dir / "metrics.jsonl"
-    truncate_metrics(metrics_path, start)
+    if main:
+        truncate_metrics(metrics_path, start)
     tokens_seen = int(state.get("tokens_seen", 0))
     watch = NonFiniteWatch(device, watch_grad=scaler is None)
+    scorer = model if ranks is None else ranks.evaluator()  # the held-out loss
 
     def save(step: int) -> Path:
         best = heldout.best_step if cfg.train.keep_best else None  # pruning never removes it
         kept = {"tokens_seen": tokens_seen, "config_hash": config_hash, "best": best, "heldout": heldout.state()}
-        return checkpoint.save(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last, scaler)
+        writer = checkpoint.save if ranks is None else checkpoint_dcp.save
+        return writer(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last, scaler)
 
-    _check_checkpoint_space(cfg, ckpt_root, model, optimizer)
+    hardware.agree(_check_checkpoint_space, cfg, ckpt_root, model, optimizer)
     pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
-    with Bar("train", plan.total_steps) as bar, MetricsLog(metrics_path, _tensorboard_dir(cfg, run_dir)) as log, \
+    with Bar("train", plan.total_steps) as bar, _metrics_log(main, metrics_path, _tensorboard_dir(cfg, run_dir)) as log, \
             stopping.deferred() as stop:
         if start:
             bar.update(start)
         for step in range(start, plan.total_steps):
             if heldout.stopped_early:  # at the step before, or in the run this one resumes
                 break
-            batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
-            loss_t, norm_t = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm,
-                                            precision, scaler, cfg.train.replay.kl)
-            tokens_seen += sum(b.tokens for b in batches)
+            if ranks is None:
+                batches = [make_batch(train_ex, idx, pad, pack_to) for idx in plan.micro_batches(step)]
+                loss_t, norm_t = optimizer_step(model, batches, params, optimizer, scheduler, cfg.train.max_grad_norm,
+                                                precision, scaler, cfg.train.replay.kl)
+                tokens_seen += sum(b.tokens for b in batches)
+                stopping_now = stop.requested
+            else:
+                loss_t, norm_t, tokens, stopping_now = _step_of_ranks(cfg, s, step, pad, pack_to, stop.requested)
+                tokens_seen += tokens
             done, last = step + 1, step + 1 == plan.total_steps
             watch.record(done, loss_t, norm_t)
             evaluating = bool(valid_ex) and (last or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0))
             periodic = bool(cfg.train.save_every and done % cfg.train.save_every == 0)
             logging = done % cfg.train.log_every == 0 or last or evaluating
-            if not (logging or periodic or stop.requested):  # nothing read on the host this step: no sync
+            if not (logging or periodic or stopping_now):  # nothing read on the host this step: no sync
                 bar.update(1)
                 continue
             loss, grad_norm = (float(x) for x in torch.stack([loss_t, norm_t.float()]).tolist())
@@ -287,7 +331,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
 
             valid_loss, improved = None, False
             if evaluating:
-                valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
+                valid_loss = evaluate_loss(scorer, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
                 _stop_if_nonfinite("held-out loss", valid_loss, done, ckpt_root)
                 improved = heldout.record(done, valid_loss)
 
@@ -297,22 +341,26 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
                        "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4),
                        "tokens": tokens_seen, "tokens_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 1),
                        **peak_memory_mb(device)}
-                log.write(row if valid_loss is None else {**row, "valid_loss": round(valid_loss, 5)})
+                if log is not None:
+                    log.write(row if valid_loss is None else {**row, "valid_loss": round(valid_loss, 5)})
             shown = f"loss {loss:.3f}  {rate:.0f} tok/s" + (f"  held-out {valid_loss:.3f}" if valid_loss is not None else "")
             bar.update(1, info=shown)
 
             if heldout.stopped_early:
                 console.print(f"[yellow]early stopping[/] after step {done}: {heldout.why_stopped()}")
-            if last or heldout.stopped_early or periodic or (improved and cfg.train.keep_best) or stop.requested:
+            if last or heldout.stopped_early or periodic or (improved and cfg.train.keep_best) or stopping_now:
                 saved = save(done)
-            if stop.requested and not last:  # SIGTERM/SIGINT: stopped at a step boundary, nothing lost
-                raise stopping.Interrupted(stop.signum, f"training stopped by {stop.name} after step {done} of "
-                                                        f"{plan.total_steps}; its checkpoint {saved} is written")
+            if stopping_now and not last:  # SIGTERM/SIGINT: stopped at a step boundary, nothing lost
+                # In a job, the signal may have reached another process: every one stops here.
+                signum = stop.signum or signal.SIGTERM
+                raise stopping.Interrupted(signum, f"training stopped by {signal.Signals(signum).name} after step {done} of "
+                                                   f"{plan.total_steps}; its checkpoint {saved} is written")
 
     final = ckpt_root / f"step-{done}"  # saved by the last step run, or the checkpoint resumed from
     if valid_loss is None and valid_ex:  # resumed after the last step: measure the final weights again
-        valid_loss = evaluate_loss(model, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
-    write_loss_png(run_dir / "loss.png", read_metrics(metrics_path))
+        valid_loss = evaluate_loss(scorer, valid_ex, pad, cfg.eval.batch_size, pack_to, precision)
+    if main:
+        write_loss_png(run_dir / "loss.png", read_metrics(metrics_path))
     best = ckpt_root / f"step-{heldout.best_step}" if cfg.train.keep_best and heldout.best_step else None
     result = {
         "final_checkpoint": str(final.relative_to(run_dir)),
@@ -339,10 +387,41 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
         **peak_memory_mb(device),
         "estimated_peak_mb": round(estimate["total"] / 2**20),
     }
-    atomic.write_json(run_dir / "train_state.json", result)
+    if ranks is not None:  # the peak memory above is rank 0's
+        result.update(processes=ranks.world, distributed=ranks.strategy, distributed_reason=ranks.why)
+        hardware.agree(atomic.write_json, run_dir / "train_state.json", result)
+    else:
+        atomic.write_json(run_dir / "train_state.json", result)
     if stop.requested:  # received during the last step: training is complete, the stages after it wait
         raise stopping.Interrupted(stop.signum, f"stopped by {stop.name} after the last training step (saved)")
     return result
+
+
+def _step_of_ranks(cfg: Config, s: Setup, step: int, pad: int, pack_to: int | None,
+                   stop: bool) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """One optimiser step in a job of several processes: this process's shard of each global
+    micro-batch, the step's totals over every process (one all_reduce: supervised tokens, tokens and
+    whether a signal asked any process to stop), then the step. Returns (loss, grad norm, the step's
+    tokens over every process, stop)."""
+    local = [s.ranks.local(idx) for idx in s.plan.micro_batches(step)]
+    batches = [make_batch(s.train_ex, idx, pad, pack_to) for idx, _ in local]
+    weights = [w for _, w in local]
+    supervised = sum(b.supervised for b, w in zip(batches, weights) if w)
+    tokens = sum(b.tokens for b, w in zip(batches, weights) if w)
+    supervised, tokens, stop = s.ranks.totals(supervised, tokens, stop)
+    loss_t, norm_t = optimizer_step(s.model, batches, s.params, s.optimizer, s.scheduler, cfg.train.max_grad_norm,
+                                    s.precision, s.scaler, cfg.train.replay.kl, s.ranks, weights, supervised)
+    return loss_t, norm_t, tokens, stop
+
+
+@contextlib.contextmanager
+def _metrics_log(main: bool, path: Path, tensorboard_dir: Path | None):
+    """metrics.jsonl (and TensorBoard) on rank 0; the other processes write nothing."""
+    if not main:
+        yield None
+        return
+    with MetricsLog(path, tensorboard_dir) as log:
+        yield log
 
 
 def replay_state(cfg: Config, s: Setup) -> dict | None:
@@ -399,11 +478,30 @@ def _tensorboard_dir(cfg: Config, run_dir: Path) -> Path | None:
     return run_dir / "tensorboard" if cfg.train.tensorboard else None
 
 
-def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, scaler, resume: bool, config_hash: str) -> tuple[int, dict]:
-    """(step to continue after, that checkpoint's state); (0, {}) for a fresh start."""
+def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, scaler, resume: bool, config_hash: str,
+                  ranks: Ranks | None = None) -> tuple[int, dict]:
+    """(step to continue after, that checkpoint's state); (0, {}) for a fresh start. In a job of
+    several processes rank 0 picks the checkpoint and every process loads it."""
+    found = hardware.agree(_checkpoint_to_resume, ckpt_root, resume, config_hash)
+    if found is None:
+        return 0, {}
+    step, path = found
+    if checkpoint_dcp.is_sharded(path):  # written by several processes: any number of them resumes it
+        state = checkpoint_dcp.load(path, model, optimizer, scheduler, scaler)
+    elif ranks is not None and ranks.strategy == "fsdp2":
+        raise CheckpointError(f"checkpoint {path} was written by a single process, and FSDP2 resumes only checkpoints "
+                              "written by several; resume it with train.distributed=ddp, or in one process")
+    else:  # one process's checkpoint; under DDP every process loads the whole of it
+        state = checkpoint.load(path, model, optimizer, scheduler, scaler)
+    console.print(f"resuming from {path} (step {step})")
+    return step, state
+
+
+def _checkpoint_to_resume(ckpt_root: Path, resume: bool, config_hash: str) -> tuple[int, Path] | None:
+    """The newest checkpoint this run continues from, or None; checkpoints it cannot continue are set aside."""
     found = checkpoint.list_checkpoints(ckpt_root)
     if not found:
-        return 0, {}
+        return None
     step, path = found[-1]
     theirs = json.loads((path / "state.json").read_text()).get("config_hash")
     if not resume or (config_hash and theirs not in ("", config_hash)):
@@ -413,7 +511,5 @@ def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, scaler, resume: 
         kept = runfolder.set_aside(ckpt_root.parent, [ckpt_root], f"checkpoints-{theirs or 'unknown'}")
         why = "you asked for a fresh start" if not resume else "they come from a different config"
         console.print(f"checkpoints in {ckpt_root} are not continued ({why}); moved to {kept}")
-        return 0, {}
-    state = checkpoint.load(path, model, optimizer, scheduler, scaler)
-    console.print(f"resuming from {path} (step {step})")
-    return step, state
+        return None
+    return step, path

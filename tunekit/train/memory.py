@@ -84,13 +84,14 @@ def adapter_per_token(model, method_cfg: MethodConfig) -> int:
 
 
 def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, data_cfg: DataConfig,
-                    precision: Precision | None = None, length: int | None = None) -> dict:
+                    precision: Precision | None = None, length: int | None = None, shards: int = 1) -> dict:
     """Bytes a training step needs at its peak, by part, with a total and a one-line description.
 
     `precision`: what the forward runs in; None resolves train.precision for the device
     training will use, as the loop does. `length`: tokens per row of the
     largest batch (the longest prepared example, which no padded batch exceeds); None
-    assumes data.max_length.
+    assumes data.max_length. `shards`: the processes FSDP2 shards over (`sharded`); 1 for one
+    process or DDP, where each process holds everything.
     """
     length = min(length or data_cfg.max_length, data_cfg.max_length)
     if precision is None:
@@ -115,15 +116,38 @@ def estimate_memory(model, method_cfg: MethodConfig, train_cfg: TrainConfig, dat
     else:
         activations = blocks * per_block
     logits = 3 * min(CHUNK, tokens) * int(c.vocab_size) * 4
+    if shards > 1:
+        weights, grads, optimizer = sharded(model, shards, weights, grads, optimizer)
     total = weights + grads + optimizer + activations + logits
     parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations, "logits": logits}
-    text = (f"{total / GIB:.2f} GiB estimated: " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items())
+    text = (f"{total / GIB:.2f} GiB estimated" + (f" per process (sharded over {shards})" if shards > 1 else "") + ": "
+            + ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items())
             + f" (batch {train_cfg.batch_size} x {length} tokens, backward through {blocks} of "
             f"{num_layers(model)} blocks{', gradient checkpointing' if train_cfg.gradient_checkpointing else ''})")
     return {**parts, "total": total, "layers_with_gradient": blocks, "description": text}
 
 
-def _available_bytes() -> tuple[int, str] | None:
+def sharded(model, shards: int, weights: int, grads: int, optimizer: int) -> tuple[int, int, int]:
+    """(weights, gradients, optimiser state) one of `shards` FSDP2 processes holds at the peak.
+
+    Each keeps 1/shards of every block's weights, gradients and moments. Around a block's forward
+    and backward its whole weights are gathered, and the next block's are prefetched: two blocks'
+    weights, and one block's whole gradients before they are reduce-scattered. The root's
+    parameters (embeddings, final norm, output layer) stay gathered for the whole step."""
+    per_block: dict[int, list[int]] = {}
+    for name, p in model.named_parameters():
+        b = block_of(name)
+        if b is not None:
+            w = per_block.setdefault(b, [0, 0])
+            w[0] += p.numel() * p.element_size()
+            w[1] += p.numel() * p.element_size() if p.requires_grad else 0
+    in_blocks = sum(w for w, _ in per_block.values())
+    widest, widest_grad = max(per_block.values(), default=[0, 0])
+    root = weights - in_blocks
+    return (root + in_blocks // shards + 2 * widest, grads // shards + widest_grad, optimizer // shards)
+
+
+def available_bytes() -> tuple[int, str] | None:
     """Free memory on the device training uses: the GPU's, else the machine's (Linux)."""
     if torch.cuda.is_available():
         return torch.cuda.mem_get_info()[0], "the GPU has"
@@ -136,11 +160,12 @@ def _available_bytes() -> tuple[int, str] | None:
     return None
 
 
-def print_memory_estimate(model, cfg: Config, length: int | None = None, precision: Precision | None = None) -> dict:
+def print_memory_estimate(model, cfg: Config, length: int | None = None, precision: Precision | None = None,
+                          shards: int = 1) -> dict:
     """Print the estimate before training, beside the memory available; returns the estimate."""
-    est = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision=precision, length=length)
+    est = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision=precision, length=length, shards=shards)
     line = est["description"]
-    avail = _available_bytes()
+    avail = available_bytes()
     if avail:
         line += f"; {avail[1]} {avail[0] / GIB:.1f} GiB available"
     console.print(f"[bold]memory[/] {line}")
