@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODEL  := smollm2-135m-instruct
 
-.PHONY: setup model demo test soak bench clean browser
+.PHONY: setup model demo test soak bench clean browser docs docs-figures
 
 setup: $(STAMP) model
 
@@ -56,5 +56,17 @@ bench: setup
 	$(BIN)/python bench/prepare_100k.py
 	$(BIN)/python bench/vs_trl.py
 
+# The user guide (docs/, mkdocs.yml) into site/. --strict: a broken link, anchor or nav entry fails.
+docs: docs-figures
+	$(BIN)/mkdocs build --strict --quiet
+	@echo "built site/index.html"
+
+# Every measured figure in README.md and docs/ rendered from bench/results/*.json and the
+# examples' expected/ results (tools/docs_figures.py), and the config reference from the
+# config models (tools/config_reference.py). Both are checked by tests/test_docs.py.
+docs-figures: $(STAMP)
+	$(BIN)/python tools/config_reference.py
+	$(BIN)/python tools/docs_figures.py
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache site
