@@ -176,7 +176,7 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, why: str) -> Ran
     if strategy == "ddp":
         # No buffer broadcast at each forward: the buffers (rotary frequencies) are the same everywhere.
         wrapped = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None,
-                                                      device_mesh=mesh, broadcast_buffers=False)
+                                                      device_mesh=mesh, forward_sync_buffers=False)
     else:
         from torch.distributed.fsdp import fully_shard
 

@@ -1,0 +1,130 @@
+"""Two processes (gloo, CPU) train exactly as one: DDP and FSDP2, gradient sync skipped or not.
+
+One torchrun launch runs the four trainings (tests/distributed/worker.py); each is compared with
+the single-process reference run (conftest.py) step by step, and in what its checkpoints hold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TOL, assert_equals_reference, max_difference, outcome, prepared, run, torchrun
+
+WORKER = Path(__file__).with_name("worker.py")
+JOBS = {"ddp": ("ddp", "skip"), "ddp-every": ("ddp", "every"), "fsdp2": ("fsdp2", "skip"), "fsdp2-every": ("fsdp2", "every")}
+
+
+@pytest.fixture(scope="module")
+def jobs(case) -> dict[str, Path]:
+    """The run folder of each of JOBS, trained by 2 processes in one torchrun launch."""
+    tmp = case["tmp"] / "parity"
+    folders = {name: prepared(case, tmp / name) for name in JOBS}
+    args = [f"{tmp / name},{strategy},{sync}" for name, (strategy, sync) in JOBS.items()]
+    run(torchrun("--standalone", "--nproc-per-node", "2", str(WORKER), str(case["config"]), *args),
+        case["env"], tmp / "parity.log")
+    return folders
+
+
+def test_shards_hold_every_example_once():
+    from tunekit.train.distributed import Ranks, shard
+
+    for n in range(0, 12):
+        batch = list(range(100, 100 + n))
+        for world in (1, 2, 3, 4):
+            parts = [shard(batch, r, world) for r in range(world)]
+            assert sorted(sum(parts, [])) == batch  # none repeated, none dropped
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    # A process whose share is empty runs a stand-in that weighs nothing.
+    alone = Ranks(1, 2, "ddp", "", None, None)
+    assert alone.local([7]) == ([7], 0.0) and alone.local([7, 8, 9]) == ([8], 1.0)
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp2"])
+def test_two_processes_equal_one(jobs, case, name):
+    """Per-step loss, tokens, held-out loss and the final adapter within 1e-5 of one process, with
+    grad accumulation, uneven token counts and 37 examples (the last micro-batch: 1 example, 2 processes)."""
+    run_dir = jobs[name]
+    state = outcome(run_dir)["state"]
+    assert (state["processes"], state["distributed"]) == (2, JOBS[name][0])
+    diff = assert_equals_reference(run_dir, case)
+    print(f"{name}: largest adapter difference from one process {diff:.2e}", file=sys.stderr)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_skipping_gradient_sync_changes_nothing(jobs, strategy):
+    skip, every = outcome(jobs[strategy])["adapter"], outcome(jobs[f"{strategy}-every"])["adapter"]
+    assert max_difference(skip, every) <= 1e-6
+    assert [m["loss"] for m in outcome(jobs[strategy])["metrics"]] == [m["loss"] for m in outcome(jobs[f"{strategy}-every"])["metrics"]]
+
+
+def test_fsdp2_checkpoint_is_sharded_and_ddp_one_copy(jobs):
+    """FSDP2 really shards: each process wrote half of every trainable tensor into dcp/."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    def chunks(name: str) -> set[int]:
+        meta = FileSystemReader(str(jobs[name] / "checkpoints" / "step-4" / "dcp")).read_metadata()
+        lora = [m for k, m in meta.state_dict_metadata.items() if k.startswith("model.") and "lora_A" in k]
+        assert lora
+        return {len(m.chunks) for m in lora}
+
+    assert chunks("fsdp2") == {2} and chunks("ddp") == {1}
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp2"])
+def test_checkpoint_holds_adamw_moments_and_data_position(jobs, case, name, offline_home):
+    """Checkpoint step-4 of the job, loaded in one process (DCP reshards), holds the single-process run's
+    AdamW moments and step, its scheduler and its data position."""
+    from tunekit.config import load_config
+    from tunekit.train import checkpoint, checkpoint_dcp
+    from tunekit.train.loop import setup_training
+    from tunekit.models.loading import load_tokenizer
+
+    cfg = load_config(case["config"])
+    tok = load_tokenizer(case["model"])
+    mine = setup_training(cfg, jobs[name], case["model"], tok)
+    state = checkpoint_dcp.load(jobs[name] / "checkpoints" / "step-4", mine.model, mine.optimizer, mine.scheduler)
+    ref = setup_training(cfg, case["run_dir"], case["model"], tok)
+    ref_state = checkpoint.load(case["run_dir"] / "checkpoints" / "step-4", ref.model, ref.optimizer, ref.scheduler)
+    assert state["step"] == ref_state["step"] == 4 and state["tokens_seen"] == ref_state["tokens_seen"]
+    assert mine.scheduler.state_dict() == ref.scheduler.state_dict()
+    names = {id(p): n for n, p in ref.model.named_parameters()}
+    theirs = {n: p for n, p in mine.model.named_parameters()}
+    compared = 0
+    for p in ref.params:
+        a, b = ref.optimizer.state[p], mine.optimizer.state[theirs[names[id(p)]]]
+        assert float(a["step"]) == float(b["step"]) == 4
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(a[moment], b[moment], atol=TOL, rtol=1e-4), (names[id(p)], moment)
+            compared += 1
+        assert torch.allclose(p, theirs[names[id(p)]], atol=TOL, rtol=0)
+    assert compared == 2 * len(ref.params) > 0
+    assert any(float(ref.optimizer.state[p]["exp_avg"].abs().max()) > 0 for p in ref.params)
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp2"])
+def test_gathered_adapter_loads_in_peft_whole(jobs, case, name):
+    """The checkpoint's adapter is the whole adapter gathered from the shards: PEFT loads it, every
+    tensor has its full shape, no half of one is zero (a rank-0-only save leaves lora_B's other half at 0)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    final = jobs[name] / json.loads((jobs[name] / "train_state.json").read_text())["final_checkpoint"]
+    saved = load_file(str(final / "adapter_model.safetensors"))
+    for key, t in saved.items():
+        halves = t.chunk(2, dim=0)
+        assert len(halves) == 2 and all(float(h.abs().max()) > 0 for h in halves), key
+    base = AutoModelForCausalLM.from_pretrained(case["model"])
+    loaded = PeftModel.from_pretrained(base, str(final))
+    weights = {n: p for n, p in loaded.named_parameters() if "lora_" in n}
+    assert len(weights) == len(saved) == len(case["outcome"]["adapter"])
+    ref = case["outcome"]["adapter"]
+    for key, t in ref.items():
+        name_in_model = key.replace(".weight", ".default.weight")
+        assert weights[name_in_model].shape == t.shape
+        assert torch.allclose(weights[name_in_model], t, atol=TOL, rtol=0), key
