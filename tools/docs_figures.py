@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import statistics
+from decimal import ROUND_HALF_UP, Decimal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ def _same(value, text: str) -> bool:
     return str(value) == text
 
 
-def _num(v, n: str) -> float:
+def _num(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise FigureError(f"{v!r} is not a number")
     return float(v)
@@ -146,16 +147,36 @@ def _num(v, n: str) -> float:
 # name -> (what it does, function(value, argument) -> text). A number and the symbol attached
 # to it (%, x) are one figure; a spaced unit ("tokens/s", "MB", "s") stays outside the marker.
 FORMATS = {
-    "pct": ("a share as a percentage: 0.536 -> 53.6% (pct:1)", lambda v, n: f"{_num(v, n) * 100:.{int(n or 0)}f}%"),
-    "hund": ("a share times 100, no sign: 0.44 -> 44 (hund:0)", lambda v, n: f"{_num(v, n) * 100:.{int(n or 0)}f}"),
+    "pct": ("a share as a percentage: 0.536 -> 53.6% (pct:1)", lambda v, n: _fixed(_num(v) * 100, n) + "%"),
+    "hund": ("a share times 100, no sign: 0.44 -> 44 (hund:0)", lambda v, n: _fixed(_num(v) * 100, n)),
     "pts": ("a difference of shares in points, signed: 0.277 -> +27.7 (pts:1)",
-            lambda v, n: f"{_num(v, n) * 100:+.{int(n or 0)}f}"),
-    "num": ("a number with thousands separators: 3412 -> 3,412 (num:0)", lambda v, n: f"{_num(v, n):,.{int(n or 0)}f}"),
-    "x": ("a ratio: 2.505 -> 2.51x (x:2)", lambda v, n: f"{_num(v, n):.{int(n or 0)}f}x"),
-    "mmss": ("seconds as minutes and seconds: 489 -> 8 m 09 s", lambda v, n: "{} m {:02d} s".format(*divmod(round(_num(v, n)), 60))),
+            lambda v, n: ("+" if _num(v) >= 0 else "") + _fixed(_num(v) * 100, n)),
+    "num": ("a number with thousands separators: 3412 -> 3,412 (num:0)", lambda v, n: _fixed(_num(v), n, ",")),
+    "x": ("a ratio: 2.505 -> 2.51x (x:2)", lambda v, n: _fixed(_num(v), n) + "x"),
+    "mmss": ("seconds as minutes and seconds: 489 -> 8 m 09 s",
+             lambda v, n: "{} m {:02d} s".format(*divmod(int(_fixed(_num(v), "0")), 60))),
     "str": ("the value as it is", lambda v, n: str(v)),
     "yesno": ("true -> yes, false -> no", lambda v, n: "yes" if v else "no"),
+    "choice": ("words for true/false, _ for spaces: choice:flags_it/does_not_flag_it",
+               lambda v, n: _choice(v, n)),
 }
+
+
+def _fixed(v: float, places: str, sep: str = "") -> str:
+    """`v` rounded half up at its shortest decimal spelling (126.5 -> 127, 0.965 -> 0.97), as a
+    reader rounds: float formatting rounds 126.5 to even and 0.965 (0.96499...) down."""
+    q = Decimal(repr(v)).quantize(Decimal(1).scaleb(-int(places or 0)), rounding=ROUND_HALF_UP)
+    if q == 0:
+        q = abs(q)  # no "-0.0"
+    return f"{q:{sep}f}"
+
+
+def _choice(v, arg: str) -> str:
+    if not isinstance(v, bool) or arg.count("/") != 1:
+        raise FigureError(f"choice:{arg} needs a true/false value and two words split by /")
+    return arg.split("/")[0 if v else 1].replace("_", " ")
+
+
 # Operations that turn a list (a [key=value] filter, *) into one value before the format.
 REDUCERS = {"min": min, "max": max, "median": statistics.median, "count": len, "sum": sum}
 
