@@ -28,6 +28,7 @@ class ModelConfig(_Section):
     base: str = "smollm2-135m-instruct"
     """Registry name, local HF folder, .gguf file or hub id."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """The dtype the base model's weights load in; compute follows train.precision, and a full fine-tune keeps fp32 master weights."""
     chat_template: str = "auto"
     """The model's own template (auto; tunekit's plain-text `base` for a model without one), a named one
     (chatml, llama3, gemma, mistral, phi3, base) or a Jinja file. Every stage and export uses it."""
@@ -63,7 +64,9 @@ class MixSource(_Section):
     weight: float = Field(gt=0, allow_inf_nan=False)
     """Relative share of training rows; only the ratios between sources matter."""
     format: DataFormat = "auto"
+    """Record format of this source, as data.format."""
     columns: dict[str, str] = {}
+    """Your column name for a standard field in this source, as data.columns."""
 
     _columns = field_validator("columns")(_check_columns)
 
@@ -94,13 +97,17 @@ class DataConfig(_Section):
     columns: dict[str, str] = {}
     """Your column name for a standard field in data.train, e.g. {prompt: question, completion: answer}."""
     valid_fraction: float = Field(0.05, ge=0.0, lt=0.5)
+    """Share of the kept records held out in valid.jsonl for the held-out loss."""
     max_length: int = Field(512, gt=8)
+    """Tokens per training example, chat template included; longer conversations follow over_length, and documents are cut into chunks."""
     over_length: Literal["drop", "truncate_history"] = "drop"
     """A conversation longer than max_length is dropped, or loses its oldest exchanges until it fits."""
     chunk_overlap: int = Field(64, ge=0)
     """Plain-text documents are cut into max_length-token chunks sharing this many tokens of context."""
     dedup: bool = True
+    """Remove exact duplicates and near duplicates (rejects exact_duplicate and near_duplicate)."""
     near_dup_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity (MinHash over character 5-grams) at which a record is a near duplicate of an earlier one."""
     split_similarity: float = Field(0.7, gt=0.0, le=1.0)
     """Records at least this similar (estimated Jaccard) stay on the same side of the train/valid split."""
     mask_pii: list[Literal["email", "phone", "card"]] = []
@@ -147,8 +154,11 @@ class MethodConfig(_Section):
     kind: Literal["lora", "dora", "rslora", "full"] = "lora"
     """lora; dora (weight-decomposed LoRA); rslora (LoRA scaled by alpha/sqrt(r)); full (the weights themselves)."""
     r: int = Field(16, gt=0)
+    """LoRA rank: the inner width of each adapter's two matrices."""
     alpha: float = Field(32.0, gt=0)
+    """LoRA scale: the update is multiplied by alpha / r (alpha / sqrt(r) for rslora)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on each adapter's input while training."""
     target_modules: str | list[str] = "all-linear"
     """all-linear, a list of module names (q_proj, ...), or one regex matched against full module names."""
     lora_plus_ratio: float | None = Field(None, ge=1.0)
@@ -187,17 +197,27 @@ class ReplayConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0)
+    """Passes over the training examples; a fraction ends part-way through the last."""
     lr: float = Field(2e-4, gt=0)
+    """Peak learning rate, reached after warmup."""
     batch_size: int = Field(8, gt=0)
+    """Examples per micro-batch (under torchrun, the global micro-batch the processes share)."""
     grad_accum: int = Field(1, gt=0)
+    """Micro-batches per optimiser step; the step's loss is normalised by the supervised tokens of all of them."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """How the learning rate moves after warmup."""
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of the optimiser steps over which the learning rate rises from 0 to lr."""
     weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW's decoupled weight decay."""
     max_grad_norm: float = Field(1.0, gt=0)
+    """Clip the gradient's global norm to this before each step."""
     save_every: int = Field(100, ge=0)
     """Checkpoint every N optimiser steps (0: only at the end)."""
     keep_last: int = Field(2, gt=0)
+    """How many of the newest checkpoints are kept; the best one (keep_best) is kept besides."""
     log_every: int = Field(5, gt=0)
+    """Write a line of metrics.jsonl every N optimiser steps."""
     eval_every: int = Field(0, ge=0)
     """Held-out loss every N optimiser steps (0: only at the end)."""
     early_stopping_patience: int = Field(0, ge=0)
@@ -216,7 +236,9 @@ class TrainConfig(_Section):
     """Return freed activation memory to the system at once (glibc): LoRA on SmolLM2, all blocks,
     peak RSS 2.8 GB instead of 4.2 GB, but ~20% slower on a CPU. See tunekit/train/allocator.py."""
     threads: int | None = Field(None, gt=0)
+    """Threads torch uses on a CPU (null: torch's default)."""
     replay: ReplayConfig = ReplayConfig()
+    """General conversations mixed into training against forgetting."""
     distributed: Literal["auto", "ddp", "fsdp2"] = "auto"
     """Under torchrun (several processes): ddp keeps a whole copy of the model in every process;
     fsdp2 shards weights, gradients and optimiser state across them, per decoder layer. auto: ddp
@@ -226,10 +248,15 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     few_shot_k: int = Field(3, ge=0)
+    """Training examples shown to the few-shot contender, the most similar to each question (0: no few-shot contender)."""
     max_new_tokens: int = Field(64, gt=0)
+    """Longest answer a contender may give, in tokens."""
     batch_size: int = Field(32, gt=0)
+    """Questions answered, and held-out examples scored, per batch."""
     max_questions: int | None = Field(None, gt=0)
+    """Ask only the first N held-out questions (null: all)."""
     contenders: list[Literal["base", "few_shot", "tuned"]] = ["base", "few_shot", "tuned"]
+    """Who answers the held-out questions: the base model, the base model with a few-shot prompt, the tuned model."""
     forgetting: bool = True
     """The forgetting check: base and tuned answer 178 bundled general questions (scored as held-out
     facts are) and score general English prose (perplexity, a second signal)."""
@@ -241,16 +268,20 @@ class EvalConfig(_Section):
 
 class ExportConfig(_Section):
     formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = []
+    """What tunekit run exports as its last stage (empty: nothing); tunekit export --format chooses for itself."""
     # The merged folder's dtype; auto: the base model's own (config.json), so the export is its size.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gguf_type: Literal["f16", "bf16", "q8_0"] = "f16"
+    """Tensor type of model.gguf."""
     # Each written model answers this many held-out questions greedily; all must match the adapter model.
     check_answers: int = Field(5, ge=0)
 
 
 class Config(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """The run's name: its folder is runs/<name>, and a second config file with the same name is refused."""
     seed: int = Field(0, ge=0, lt=2**63)  # what numpy's and torch's generators all take
+    """Seed of every random choice (split, data order, initialisation, sampling, bootstrap intervals): the same seed, data and config give the same run."""
     model: ModelConfig = ModelConfig()
     data: DataConfig
     method: MethodConfig = MethodConfig()
