@@ -150,7 +150,7 @@ FORMATS = {
     "pct": ("a share as a percentage: 0.536 -> 53.6% (pct:1)", lambda v, n: _fixed(_num(v) * 100, n) + "%"),
     "hund": ("a share times 100, no sign: 0.44 -> 44 (hund:0)", lambda v, n: _fixed(_num(v) * 100, n)),
     "pts": ("a difference of shares in points, signed: 0.277 -> +27.7 (pts:1)",
-            lambda v, n: ("+" if _num(v) >= 0 else "") + _fixed(_num(v) * 100, n)),
+            lambda v, n: _signed(_fixed(_num(v) * 100, n))),
     "num": ("a number with thousands separators: 3412 -> 3,412 (num:0)", lambda v, n: _fixed(_num(v), n, ",")),
     "x": ("a ratio: 2.505 -> 2.51x (x:2)", lambda v, n: _fixed(_num(v), n) + "x"),
     "mmss": ("seconds as minutes and seconds: 489 -> 8 m 09 s",
@@ -160,6 +160,10 @@ FORMATS = {
     "choice": ("words for true/false, _ for spaces: choice:flags_it/does_not_flag_it",
                lambda v, n: _choice(v, n)),
 }
+
+
+def _signed(text: str) -> str:
+    return text if text.startswith("-") else "+" + text
 
 
 def _fixed(v: float, places: str, sep: str = "") -> str:
@@ -264,7 +268,10 @@ def figures(path: Path) -> list[Figure]:
     text = path.read_text(encoding="utf-8")
     out = []
     for m in MARKER.finditer(text):
-        source, fpath, _ = parse_key(m["key"])
+        try:
+            source, fpath, _ = parse_key(m["key"])
+        except FigureError:  # reported by `stale`, which renders every marker
+            source = fpath = ""
         out.append(Figure(path, text.count("\n", 0, m.start()) + 1, m["key"], m["text"], source, fpath))
     return out
 

@@ -233,8 +233,8 @@ class TrainConfig(_Section):
     tensorboard: bool = False
     """Also write TensorBoard event files under <run>/tensorboard (needs the tensorboard package)."""
     lean_memory: bool = False
-    """Return freed activation memory to the system at once (glibc): LoRA on SmolLM2, all blocks,
-    peak RSS 2.8 GB instead of 4.2 GB, but ~20% slower on a CPU. See tunekit/train/allocator.py."""
+    """Return freed activation memory to the system at once (glibc): a lower peak RSS, but slower
+    training on a CPU (page faults on every fresh mapping). Measured in tunekit/train/allocator.py."""
     threads: int | None = Field(None, gt=0)
     """Threads torch uses on a CPU (null: torch's default)."""
     replay: ReplayConfig = ReplayConfig()
