@@ -58,14 +58,16 @@ bench: setup
 
 # The user guide (docs/, mkdocs.yml) into site/. --strict: a broken link, anchor or nav entry fails.
 docs: docs-figures
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	@echo "built site/index.html"
 
 # Every measured figure in README.md and docs/ rendered from bench/results/*.json and the
-# examples' expected/ results (tools/docs_figures.py), and the config reference from the
-# config models (tools/config_reference.py). Both are checked by tests/test_docs.py.
+# examples' expected/ results (tools/docs_figures.py), and the config and command references
+# from the config models and the parser (tools/config_reference.py, tools/cli_reference.py).
+# tests/test_docs.py fails when any of them is stale.
 docs-figures: $(STAMP)
 	$(BIN)/python tools/config_reference.py
+	$(BIN)/python tools/cli_reference.py
 	$(BIN)/python tools/docs_figures.py
 
 clean:
