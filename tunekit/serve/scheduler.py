@@ -126,9 +126,9 @@ def recover(settings: Settings) -> None:
         left = store.select(db, "SELECT * FROM jobs WHERE pid IS NOT NULL OR status = 'running'")
     for job in left:
         if job["pid"]:
-            # On Linux the dead server's workers were sent SIGTERM by the kernel (worker.py): they are
-            # saving their checkpoint, and only a worker that outlives the grace is killed.
-            _stop_group(job["pid"], job["id"], settings.stop_grace_s, signalled=sys.platform.startswith("linux"))
+            # The dead server's workers stop by themselves (worker.py watches its parent): they may be
+            # saving their checkpoint, and only one that outlives the grace is killed.
+            _stop_group(job["pid"], job["id"], settings.stop_grace_s, signalled=True)
         with store.connect(settings.root) as db, store.transaction(db):
             values = {"pid": None}
             if store.get(db, "jobs", job["id"])["status"] == "running":

@@ -12,9 +12,9 @@ and, on failure, a JSON file beside the config (`<job>.error.json`: kind and mes
 - exit 1: anything else (a bug: the traceback is in the job's log).
 
 The scheduler starts it in a session of its own (its own process group), so a signal to
-the group reaches it and nothing it starts. On Linux it also asks the kernel for SIGTERM
-when the server dies, even by SIGKILL: it then saves its checkpoint and stops, and the
-restarted server queues the job again. Elsewhere the restarted server stops it.
+the group reaches it and nothing it starts. When the server dies, even by SIGKILL, the
+worker notices within half a second and stops as on SIGTERM (its checkpoint saved); the
+restarted server queues the job again, and training resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -24,22 +24,26 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
+_WATCH_S = 0.5  # how soon a worker notices that the server died
+
 
 def _die_with_parent(parent: int) -> None:
-    """SIGTERM to this process when `parent` exits (Linux prctl PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+    """SIGTERM to this process, once, when `parent` (the server) is gone.
 
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the server died before the request took effect
+    A thread watching the parent pid rather than Linux's PR_SET_PDEATHSIG: the kernel sends
+    that signal again each time an exiting thread of the dying server hands its children to
+    another, and a second SIGTERM stops training at once, without its checkpoint."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_S)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def error_file(config: Path) -> Path:
