@@ -300,6 +300,28 @@ def test_the_service_page_lists_every_api_error_code():
     assert sorted(c for c in codes if f"`{c}`" not in page) == []
 
 
+def _serve_routes() -> set[str]:
+    """`METHOD /v1/path` of every route tunekit serve defines, read from its source."""
+    routes = set()
+    for path in (ROOT / "tunekit" / "serve").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        routes |= {f"{m.upper()} /v1{p}" for m, p in re.findall(r'@r\.(get|post|delete)\("([^"]+)"', text)}
+        routes |= {f"{m.upper()} {p}" for m, p in re.findall(r'@app\.(get|post|delete)\("(/v1/[^"]+)"', text)}
+        actions = re.findall(r'for action in \(([^)]*)\)', text)
+        for p, methods in re.findall(r'add_api_route\(f"([^"]+)".*?methods=\["([A-Z]+)"', text):
+            for action in re.findall(r'"(\w+)"', actions[0] if actions else ""):
+                routes.add(f"{methods} /v1{p.replace('{{', '{').replace('}}', '}').replace('{action}', action)}")
+    return {re.sub(r"\{[^}]*\}", "{}", r) for r in routes}
+
+
+def test_the_service_page_lists_every_endpoint():
+    page = (ROOT / "docs" / "guide" / "serve.md").read_text(encoding="utf-8")
+    listed = {re.sub(r"\{[^}]*\}", "{}", m) for m in re.findall(r"`((?:GET|POST|DELETE) /v1/[^`]*)`", page)}
+    routes = _serve_routes()
+    assert "POST /v1/fine_tuning/jobs/{}/cancel" in routes
+    assert sorted(routes - listed) == []
+
+
 def test_the_python_api_page_lists_every_public_function():
     tree = ast.parse((ROOT / "tunekit" / "api.py").read_text(encoding="utf-8"))
     public = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
