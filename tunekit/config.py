@@ -236,7 +236,8 @@ class TrainConfig(_Section):
     """Return freed activation memory to the system at once (glibc): a lower peak RSS, but slower
     training on a CPU (page faults on every fresh mapping). Measured in tunekit/train/allocator.py."""
     threads: int | None = Field(None, gt=0)
-    """Threads torch uses on a CPU (null: torch's default)."""
+    """Threads torch uses on a CPU (null: every core this process may use, shared out among the
+    processes torchrun starts on one machine)."""
     replay: ReplayConfig = ReplayConfig()
     """General conversations mixed into training against forgetting."""
     distributed: Literal["auto", "ddp", "fsdp2"] = "auto"
