@@ -65,6 +65,14 @@ def test_every_results_file_names_its_machine():
         assert docs_figures.load_source(name).machine
 
 
+def test_a_machine_without_a_name_is_labelled_from_what_was_recorded():
+    assert docs_figures.derived_machine({"cpu": "AMD EPYC", "cores": 2, "avx512_bf16": True, "amx": False}) == \
+        "2-core AMD EPYC (AVX512-BF16, no AMX)"
+    assert docs_figures.derived_machine({"processor": "AMD EPYC", "cores": 2, "cpu_capability": "AVX2"}) == \
+        "2-core AMD EPYC (AVX2)"
+    assert docs_figures.derived_machine({"cpu": "AMD EPYC"}) is None  # how many cores: not recorded
+
+
 def _site(tmp_path: Path, stated: str, key: str = "bench:speed.tokens_per_s num:0") -> Path:
     """A repository in miniature: one results file and a README stating one figure from it."""
     (tmp_path / "bench" / "results").mkdir(parents=True)

@@ -58,11 +58,26 @@ class Source:
         """The machine label every figure of this source is stated with ("2-core AMD EPYC (...)")."""
         m = self.data.get("machine")
         if isinstance(m, dict):
-            m = m.get("name")
+            m = m.get("name") or derived_machine(m)
         if not isinstance(m, str) or not m:
             raise FigureError(f"{self.path.relative_to(ROOT)} names no machine: add \"machine\": {{\"name\": "
                               "\"2-core AMD EPYC (AVX512-BF16, no AMX)\", ...}} (a string, or a \"name\" inside its machine object)")
         return m
+
+
+def derived_machine(m: dict) -> str | None:
+    """A label from what a bench script recorded (cpu, cores, ISA flags) when it wrote no name:
+    {"cpu": "AMD EPYC", "cores": 2, "avx512_bf16": true, "amx": false} -> "2-core AMD EPYC
+    (AVX512-BF16, no AMX)"."""
+    cpu = m.get("cpu") or m.get("cpu_model") or m.get("processor")
+    cores = m.get("cores") or m.get("cpus")
+    if not cpu or not cores:
+        return None
+    flags = ["AVX512-BF16"] if m.get("avx512_bf16") else [m.get("cpu_capability") or m.get("isa")]
+    if "amx" in m:
+        flags.append("AMX" if m["amx"] else "no AMX")
+    flags = [f for f in flags if f]
+    return f"{cores}-core {cpu}" + (f" ({', '.join(flags)})" if flags else "")
 
 
 class FigureError(Exception):
