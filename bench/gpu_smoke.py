@@ -15,6 +15,13 @@ The GPU machines reach nothing outside: the base model must already be in tuneki
 cache there ($TUNEKIT_HOME, default ~/.cache/tunekit), and torch must be a CUDA build.
 
     python bench/gpu_smoke.py                          # the whole demo, on the GPU
+    python bench/gpu_smoke.py --nproc-per-node 4       # trained by 4 processes, one per GPU (torchrun, DDP)
+    python bench/gpu_smoke.py --nproc-per-node 2 train.distributed=fsdp2   # the same, weights sharded
+
+Multi-GPU mode (--nproc-per-node N): the `run` stage is `tunekit run --nproc-per-node N`, which
+launches torchrun on this machine (train in N processes; the other stages on rank 0). The
+results then record the processes and the strategy (ddp or fsdp2, and why), and the training's
+figures are rank 0's. Compare with a one-process run on the same machine for the speed-up.
     python bench/gpu_smoke.py --allow-cpu --limit 8 train.epochs=0.02 eval.forgetting=false \\
         --work /tmp/gpu_smoke --out /tmp/gpu_smoke.json     # checks this script on a CPU, in minutes
 """
@@ -48,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=f"gpu-smoke-{time.strftime('%Y%m%d-%H%M%S')}", help="the run's name")
     p.add_argument("--out", default=str(RESULTS), help="the JSON to write; the .md goes beside it")
     p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to check this script, not tunekit on a GPU)")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train in N processes, one per GPU, through torchrun (default 1: one process)")
     return p.parse_args(argv)
 
 
@@ -92,7 +101,7 @@ def figures(run: Path) -> dict:
     """The run's own records: training speed, precision and memory; the eval's precision, scores and time."""
     t, s = read_json(run / "train_state.json"), read_json(run / "eval" / "scores.json")
     keep = ("steps", "tokens_per_s", "seconds", "device", "precision", "precision_reason", "cuda_max_allocated_mb",
-            "peak_rss_mb", "estimated_peak_mb", "valid_loss")
+            "peak_rss_mb", "estimated_peak_mb", "valid_loss", "processes", "distributed", "distributed_reason")
     return {"train": {k: t.get(k) for k in keep},
             "eval": {k: s.get(k) for k in ("precision", "metrics", "differences", "eval_seconds", "questions")},
             "export": read_json(run / "export" / "export.json")}
@@ -106,7 +115,9 @@ def markdown(doc: dict) -> str:
              f"torch {m['torch']}, CUDA {m['cuda']}, Python {m['python']}; run `{doc['run']}`, overrides {doc['overrides']}", "",
              "| stage | exit | seconds |", "|---|---|---|"]
     lines += [f"| {name} | {r['rc']} | {r['seconds']} |" for name, r in doc["stages"].items()]
-    lines += ["", f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, {tr.get('seconds')} s on "
+    spread = (f" in {tr['processes']} processes ({tr.get('distributed')}: {tr.get('distributed_reason')})"
+              if tr.get("processes") else " in one process")
+    lines += ["", f"Training{spread}: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, {tr.get('seconds')} s on "
               f"{tr.get('device')}, precision {tr.get('precision')} ({tr.get('precision_reason')}); CUDA peak allocated "
               f"{tr.get('cuda_max_allocated_mb')} MB, peak RSS {tr.get('peak_rss_mb')} MB (estimated {tr.get('estimated_peak_mb')} MB).",
               "", f"Eval: {ev.get('questions')} questions in {ev.get('eval_seconds')} s, precision "
@@ -122,6 +133,8 @@ def main(argv=None) -> int:
         sys.exit(f"gpu_smoke: torch sees no CUDA GPU (torch {torch.__version__}, "
                  f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}). "
                  "Run this on a GPU machine, or pass --allow-cpu to check the script itself.")
+    if torch.cuda.is_available() and args.nproc_per_node > torch.cuda.device_count():
+        sys.exit(f"gpu_smoke: --nproc-per-node {args.nproc_per_node} but torch sees {torch.cuda.device_count()} GPUs")
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_smoke-")).resolve()
     runs, logs = work / "runs", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -134,7 +147,8 @@ def main(argv=None) -> int:
     prompts.write_text("".join(json.dumps({"messages": h["messages"]}) + "\n" for h in heldout[:n]))
 
     steps = [
-        ("run", ["run", str(CONFIG), *overrides, "--runs-dir", str(runs)], None),
+        ("run", ["run", str(CONFIG), *overrides, "--runs-dir", str(runs)]
+         + (["--nproc-per-node", str(args.nproc_per_node)] if args.nproc_per_node > 1 else []), None),
         ("chat", ["chat", str(run), "--max-new-tokens", "64"], "\n".join(CHAT_QUESTIONS) + "\n"),
         ("generate", ["generate", str(run), "--input", str(prompts), "--output", str(work / "answers.jsonl"),
                       "--max-new-tokens", "64"], None),
@@ -146,7 +160,8 @@ def main(argv=None) -> int:
         if done[name]["rc"] != 0:  # the later stages all need what this one makes
             break
 
-    doc = {"machine": gpu_info(), "run": str(run), "overrides": overrides, "stages": done, "figures": figures(run),
+    doc = {"machine": gpu_info(), "run": str(run), "overrides": overrides, "nproc_per_node": args.nproc_per_node,
+           "stages": done, "figures": figures(run),
            "chat_transcript": (logs / "chat.log").read_text()[-2000:] if (logs / "chat.log").is_file() else None,
            "ok": all(r["rc"] == 0 for r in done.values()) and len(done) == len(steps),
            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
