@@ -38,6 +38,9 @@ def test_pause_resume_and_cancel_mid_run_keep_the_checkpoints(server, tiny_model
         c.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=f.id)
     assert e.value.code == "queue_full" and e.value.response.headers["x-should-retry"] == "false"
     assert c.fine_tuning.jobs.cancel(waiting.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.files.delete(f.id)  # the running job still reads it when it resumes
+    assert e.value.code == "file_in_use" and job.id in e.value.message
 
     assert c.fine_tuning.jobs.pause(job.id).status == "paused"
     _wait(lambda: "Job paused; it continues" in _messages(c, job.id), "the paused worker to stop", server)

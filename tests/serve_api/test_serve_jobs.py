@@ -198,3 +198,29 @@ def test_bad_requests_name_their_field(server, finished, tiny_model_dir):
             c.fine_tuning.jobs.create(**body)
         assert e.value.body["param"] == param, body
         assert e.value.response.headers["x-should-retry"] == "false"
+
+
+def test_a_model_tunekit_cannot_find_fails_the_job_naming_the_model(server, finished):
+    c = finished["client"]
+    job = wait_job(c, c.fine_tuning.jobs.create(model="no-such-model", training_file=finished["train"].id).id,
+                   server=server)
+    assert job.status == "failed" and job.error.code == "invalid_model" and job.error.param == "model"
+    assert "no-such-model" in job.error.message
+    assert str(server.root) not in job.error.message  # the server's paths mean nothing to the caller
+
+
+def test_deleting_the_tuned_model_keeps_the_job_and_its_results(server, finished, tiny_model_dir):
+    c, job = finished["client"], finished["job"]
+    with pytest.raises(openai.PermissionDeniedError):
+        c.models.delete(str(tiny_model_dir))  # base models are shared
+    with pytest.raises(openai.NotFoundError):
+        server.client(server.keys["bob"]).models.delete(job.fine_tuned_model)
+    assert c.models.delete(job.fine_tuned_model).deleted
+    assert job.fine_tuned_model not in {m.id for m in c.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve(job.fine_tuned_model)
+    assert not (finished["run"] / "checkpoints").exists()
+    again = c.fine_tuning.jobs.retrieve(job.id)
+    assert again.status == "succeeded" and again.result_files == job.result_files
+    assert c.files.content(job.result_files[0]).content
+    assert c.files.delete(finished["train"].id).deleted  # its job has finished: the file may go
