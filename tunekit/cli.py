@@ -173,6 +173,8 @@ def _cmd_stage(args) -> int:
         load_config(args.config, args.overrides)  # a bad config fails here, once, not in every process
         return _launch_torchrun(args, n)
     _join_ranks()
+    from tunekit.hardware import is_main
+
     cfg = load_config(args.config, args.overrides)
     run_dir = pipeline.run_dir_for(cfg, args.runs_dir)
     resume = not getattr(args, "no_resume", False)
@@ -182,7 +184,8 @@ def _cmd_stage(args) -> int:
         else:
             result = pipeline.run_stage(cfg, run_dir, args.command, force=args.force, resume=resume)
     if args.command == "run":
-        _print_headline(run_dir, report)
+        if is_main():  # the other processes of a torchrun job finished after the stages they share
+            _print_headline(run_dir, report)
         return 0
     if args.command == "report":
         _print_headline(run_dir, run_dir / "report.md")

@@ -202,10 +202,21 @@ def _before_stage(cfg: Config, run_dir: Path, stage: str, force: bool, resume: b
 
 
 def run_all(cfg: Config, run_dir: Path, force: bool = False, resume: bool = True) -> Path:
-    """Every stage in order, each skipped when already done; `resume` as for the train stage."""
-    for stage in STAGES:
+    """Every stage in order, each skipped when already done; `resume` as for the train stage.
+
+    Under torchrun, once only stages of rank 0 alone are left, the other processes finish and
+    rank 0 goes on by itself: waiting for it in a collective, they would time out (after
+    hardware.DEFAULT_TIMEOUT_S) when its eval or export takes longer."""
+    from tunekit import hardware
+
+    for i, stage in enumerate(STAGES):
         if stage == "export" and not cfg.export.formats:
             continue
+        if hardware.joined() and not set(STAGES[i:]) & set(_ALL_RANKS):
+            main = hardware.is_main()
+            hardware.leave_process_group()
+            if not main:
+                break
         run_stage(cfg, run_dir, stage, force=force, resume=resume)
     return run_dir / "report.md"
 

@@ -23,7 +23,7 @@ import torch
 
 from tunekit import atomic
 from tunekit.config import Config
-from tunekit.hardware import sync
+from tunekit.hardware import cuda_device_count, sync
 from tunekit.plan.estimate import (
     Costs,
     choose_probe_steps,
@@ -38,6 +38,7 @@ from tunekit.plan.estimate import (
 )
 from tunekit.progress import Bar
 from tunekit.train import checkpoint
+from tunekit.train.distributed import auto_strategy, free_per_process
 from tunekit.train.loop import evaluate_loss, make_batch, optimizer_step, replay_state, setup_training
 from tunekit.train.memory import available_bytes, estimate_memory
 from tunekit.train.metrics import peak_memory_mb
@@ -58,6 +59,7 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
     params, plan, optimizer, scheduler, scaler = s.params, s.plan, s.optimizer, s.scheduler, s.scaler
     pack_to = cfg.data.max_length if cfg.data.packing else None
     estimate = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision=precision, length=s.widest)
+    processes = _per_process(cfg, model, precision, s.widest, estimate["total"])
     sizes = step_sizes(plan, pack_to)
     picks = choose_probe_steps(sizes, steps)
     pad = tokenizer.pad_token_id
@@ -104,7 +106,8 @@ def probe(cfg: Config, run_dir: Path, model_path: Path, tokenizer, steps: int = 
         "train_seconds": seconds,
         "tokens_per_s": round(sum(sizes.tokens) / max(seconds["total"], 1e-9), 1),
         "memory": {**_peak(device), "estimated_mb": round(estimate["total"] / 2**20), "estimate": estimate["description"],
-                   "available_mb": round(avail[0] / 2**20) if avail else None},
+                   "available_mb": round(avail[0] / 2**20) if avail else None,
+                   "processes": processes},
         "machine": {"device": device.type, "threads": torch.get_num_threads(), "precision": precision.name,
                     "precision_reason": precision.reason,
                     "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
@@ -144,12 +147,30 @@ def describe(plan: dict) -> list[str]:
                         f"conversations (train.replay.fraction {r['fraction']}) from "
                         + ("the base model's own answers" if r["source"] == "self-distillation" else r["source"])
                         + f" ({paid}{cost})")
+    procs = m.get("processes")
+    if procs:
+        lines.append(f"[bold]in {procs['count']} processes[/] (--nproc-per-node {procs['count']}): ddp {procs['ddp_mb']:,} MB "
+                     f"each, fsdp2 {procs['fsdp2_mb']:,} MB each (sharded); train.distributed=auto would pick "
+                     f"{procs['auto']} ({procs['auto_reason'].removeprefix('auto: ')})")
     need = max(m.get("cuda_max_allocated_mb", m["peak_rss_mb"]), m["estimated_mb"])
     if m["available_mb"] and need > m["available_mb"]:
         lines.append(f"[yellow]warning[/] the run needs about {need:,} MB but only {m['available_mb']:,} MB are available: "
                      "lower train.batch_size or data.max_length, train fewer blocks (method.layers), or set "
                      "train.gradient_checkpointing=true")
     return lines
+
+
+def _per_process(cfg: Config, model, precision, widest: int | None, replica: int) -> dict:
+    """Memory per process of a job of several (torchrun): as many as this machine has GPUs, at least 2.
+    DDP keeps a whole replica in each; FSDP2 shards weights, gradients and optimiser state."""
+    n = max(2, cuda_device_count())
+    sharded = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision=precision, length=widest, shards=n)["total"]
+    # What `auto` would pick if every process had this machine's memory for itself on a GPU, or its share on a CPU.
+    free = free_per_process(precision.device)
+    if free is not None and precision.device.type == "cpu":
+        free = (free[0] // n, free[1])
+    pick, why = auto_strategy(cfg.method.kind, replica, free)
+    return {"count": n, "ddp_mb": round(replica / 2**20), "fsdp2_mb": round(sharded / 2**20), "auto": pick, "auto_reason": why}
 
 
 def _count(n: float, noun: str) -> str:

@@ -125,24 +125,34 @@ def choose_strategy(cfg: Config, model, precision, widest: int | None) -> tuple[
     setting = cfg.train.distributed
     if setting != "auto":
         return setting, f"train.distributed={setting}"
-    if cfg.method.kind != "full":
-        return "ddp", f"auto: method.kind {cfg.method.kind} trains small adapters, whose gradients are cheap to all-reduce"
 
     def decide() -> tuple[str, str]:
         need = estimate_memory(model, cfg.method, cfg.train, cfg.data, precision, widest)["total"]
-        have = available_bytes()
-        if have is None:
-            return "ddp", "auto: full fine-tune, and this machine's free memory is unknown"
-        free, where = have
-        if precision.device.type == "cpu":
-            free //= hardware.local_world_size()  # the processes on this machine share its memory
-        gib = 1024**3
-        if need > free:
-            return "fsdp2", (f"auto: a whole replica needs about {need / gib:.1f} GiB and {where} "
-                             f"{free / gib:.1f} GiB per process, so weights, gradients and optimiser state are sharded")
-        return "ddp", f"auto: a whole replica (about {need / gib:.1f} GiB) fits the {free / gib:.1f} GiB per process"
+        return auto_strategy(cfg.method.kind, need, free_per_process(precision.device))
 
     return hardware.agree(decide)
+
+
+def free_per_process(device: torch.device) -> tuple[int, str] | None:
+    """(bytes, where) one process may use: its GPU's free memory, or the machine's shared by its processes."""
+    have = available_bytes()
+    if have is None:
+        return None
+    free, where = have
+    return (free // hardware.local_world_size() if device.type == "cpu" else free), where
+
+
+def auto_strategy(kind: str, need: int, free: tuple[int, str] | None) -> tuple[str, str]:
+    """What train.distributed=auto picks for `kind` when a whole replica needs `need` bytes and a process has `free`."""
+    if kind != "full":
+        return "ddp", f"auto: method.kind {kind} trains small adapters, whose gradients are cheap to all-reduce"
+    if free is None:
+        return "ddp", "auto: full fine-tune, and this machine's free memory is unknown"
+    gib = 1024**3
+    if need > free[0]:
+        return "fsdp2", (f"auto: a whole replica needs about {need / gib:.1f} GiB and {free[1]} {free[0] / gib:.1f} GiB "
+                         "per process, so weights, gradients and optimiser state are sharded")
+    return "ddp", f"auto: a whole replica (about {need / gib:.1f} GiB) fits the {free[0] / gib:.1f} GiB per process"
 
 
 def decoder_layers(model) -> list[nn.Module]:
