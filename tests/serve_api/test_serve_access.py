@@ -9,7 +9,7 @@ import urllib.request
 
 import openai
 import pytest
-from api_server import make_key, train_file, wait_job
+from api_server import make_key, wait_job
 
 ENVELOPE = {"message", "type", "param", "code"}
 

@@ -79,3 +79,26 @@ def test_sigkill_of_the_server_mid_job_then_restart_completes_it_as_uninterrupte
             assert c.files.retrieve(f).bytes > 0
         models = {m.id for m in c.models.list()}
         assert {reference.fine_tuned_model, done.fine_tuned_model} <= models
+
+
+def test_sigterm_stops_the_server_with_its_jobs_checkpointed_and_queued(tiny_model_dir, tmp_path):
+    import signal
+
+    from tunekit.serve import store
+
+    home = tmp_path / "home"
+    key = make_key(home, "alice")
+    with running_server(home, tmp_path / "server.log") as server:
+        c = server.client(key)
+        upload = c.files.create(file=train_file(tmp_path, 200).open("rb"), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=upload.id, hyperparameters={"n_epochs": 4})
+        run = server.run_dir(job.id)
+        procs.wait_for(lambda: checkpoint_steps(run) != [], server.proc, "a checkpoint", server.log)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=procs.WAIT_S) == 128 + signal.SIGTERM, procs.tail(server.log)
+    with store.connect(home / "serve") as db:
+        row = store.get(db, "jobs", job.id)
+        messages = [e["message"] for e in store.select(db, "SELECT message FROM events WHERE job_id = ?", [job.id])]
+    assert row["status"] == "queued" and row["pid"] is None
+    assert "The server stopped; the job is queued again" in messages[-1]
+    assert checkpoint_steps(run)[-1] == max(metrics_steps(run))  # it saved where it stopped

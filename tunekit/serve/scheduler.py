@@ -19,6 +19,7 @@ training resumes from the last checkpoint, and stages already done are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -327,8 +328,11 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         """Server stopping: each worker saves its checkpoint and stops; its job is queued again."""
+        for w in self.workers.values():  # all at once: their checkpoints are written side by side
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.proc.pid, signal.SIGTERM)
         for w in list(self.workers.values()):
-            _stop_group(w.proc.pid, w.job_id, self.settings.stop_grace_s)
+            _stop_group(w.proc.pid, w.job_id, self.settings.stop_grace_s, signalled=True)
             code = w.proc.wait()
             w.log.close()
             del self.workers[w.job_id]

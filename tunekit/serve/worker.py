@@ -20,7 +20,6 @@ restarted server queues the job again, and training resumes from that checkpoint
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
