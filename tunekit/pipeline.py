@@ -156,7 +156,7 @@ def load_run_tokenizer(cfg: Config, path: Path):
 
 # Stages every process of a job runs together (torchrun); rank 0 alone runs the others while the
 # rest wait for its outcome (hardware.agree).
-_ALL_RANKS = ("train",)
+_ALL_RANKS = ("train", "eval")
 
 
 def run_stage(cfg: Config, run_dir: Path, stage: str, force: bool = False, resume: bool = True) -> dict | None:

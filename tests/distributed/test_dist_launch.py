@@ -1,10 +1,12 @@
 """`tunekit run CONFIG --nproc-per-node 2`: tunekit launches torchrun itself, and the whole path
 (prepare, train, eval, report, export) ends with what one process writes: the same answers,
-scores and verdict, and the same exported adapter."""
+scores and verdict, and the same exported adapter. Both processes train, and both answer the
+held-out and general questions (whole batches each, gathered in order: eval/spread.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,10 @@ def test_run_with_nproc_per_node_ends_as_one_process(tiny_model_dir, tmp_path):
     out = run(procs.tunekit("run", str(config), "--runs-dir", str(tmp_path / "two"), "--nproc-per-node", "2"),
               procs.env(tmp_path / "home"), tmp_path / "two.log")
     two = tmp_path / "two" / "tiny"
-    assert "launching 2 processes" in out and " ".join(out.split()).count("processes 2 processes, ddp") == 1
+    flat = " ".join(out.split())
+    assert "launching 2 processes" in out and flat.count("processes 2 processes, ddp") == 1
+    for label in ("eval base", "eval few-shot", "eval tuned", "forgetting base", "forgetting tuned"):  # split, gathered
+        assert f"{label}: " in flat and re.search(rf"{label}: \d+ answers, \d+ batches over 2 processes", flat), label
     assert outcome(two)["state"]["processes"] == 2
     assert [m["step"] for m in outcome(two)["metrics"]] == [m["step"] for m in outcome(one)["metrics"]]  # one writer
     assert max_difference(outcome(two)["adapter"], outcome(one)["adapter"]) <= TOL

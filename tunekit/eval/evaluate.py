@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from tunekit import atomic
+from tunekit import atomic, hardware
 from tunekit.config import Config
 from tunekit.data.batches import load_examples
 from tunekit.data.records import Record, load_records
 from tunekit.errors import DataError
-from tunekit.eval import forgetting, partial
+from tunekit.eval import forgetting, partial, spread
 from tunekit.eval.fewshot import ShotIndex, few_shot_messages
 from tunekit.eval.metrics import perplexity
 from tunekit.eval.scoring import METRIC_LABELS, score
@@ -105,13 +105,14 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     # What each model has to do, as journals (eval/partial.py): a killed run's rerun does only the rest.
     base_id = {"model_config": cfg.model.model_dump(mode="json"), "precision": [precision.name, precision.device.type],
                "base_model": [str(model_path), partial.fingerprint(model_path)]}
-    base_jobs = _jobs(cfg, run_dir, "base", base_id, tokenizer, valid_ex,
+    # Under torchrun the processes share the answers to generate (eval/spread.py); rank 0 keeps the journals.
+    base_jobs = spread.journals(_jobs, cfg, run_dir, "base", base_id, tokenizer, valid_ex,
                       {"base": questions if "base" in cfg.eval.contenders else [], "few_shot": few_shot_prompts})
     tuned_jobs: dict[str, partial.Journal] = {}
     if "tuned" in cfg.eval.contenders:
         ckpt, trained_loss = tuned_checkpoint(run_dir)
         tuned_id = {**base_id, "checkpoint": [str(ckpt), partial.fingerprint(ckpt)]}
-        tuned_jobs = _jobs(cfg, run_dir, "tuned", tuned_id, tokenizer, valid_ex if trained_loss is None else [],
+        tuned_jobs = spread.journals(_jobs, cfg, run_dir, "tuned", tuned_id, tokenizer, valid_ex if trained_loss is None else [],
                            {"tuned": questions})
 
     # One model in memory at a time: everything the base model does happens before it is replaced;
@@ -124,15 +125,15 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
     if not all(j.complete for j in base_jobs.values()):
         model = load_model(model_path, cfg.model.dtype)
         if "loss" in base_jobs and cfg.method.kind == "full":
-            losses["base"] = partial.value(base_jobs["loss"], lambda: evaluate_loss(
+            losses["base"] = spread.value(base_jobs["loss"], lambda: evaluate_loss(
                 model.to(precision.device), valid_ex, pad, bs, pack_to, precision))
         model = for_inference(model, precision)
     if "loss" in base_jobs and "base" not in losses:
-        losses["base"] = partial.value(base_jobs["loss"], lambda: evaluate_loss(model, valid_ex, pad, bs, pack_to, precision))
+        losses["base"] = spread.value(base_jobs["loss"], lambda: evaluate_loss(model, valid_ex, pad, bs, pack_to, precision))
     for c, label in (("base", "eval base"), ("few_shot", "eval few-shot")):
         if c in base_jobs:
             conversations = questions if c == "base" else few_shot_prompts
-            answers[c] = partial.answers(base_jobs[c], model, tokenizer, conversations, new, bs, label)
+            answers[c] = spread.answers(base_jobs[c], model, tokenizer, conversations, new, bs, label)
     t_check = time.perf_counter()
     base_probe = _probe(base_jobs, model, tokenizer, bs, "base") if check_forgetting else None
     t_check = time.perf_counter() - t_check
@@ -143,10 +144,10 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
             model = for_inference(load_tuned(cfg, run_dir, model_path), precision)
         if valid_ex:
             # The train stage already measured these weights on this validation set.
-            losses["tuned"] = trained_loss if trained_loss is not None else partial.value(
+            losses["tuned"] = trained_loss if trained_loss is not None else spread.value(
                 tuned_jobs["loss"], lambda: evaluate_loss(model, valid_ex, pad, bs, pack_to, precision))
         if questions:
-            answers["tuned"] = partial.answers(tuned_jobs["tuned"], model, tokenizer, questions, new, bs, "eval tuned")
+            answers["tuned"] = spread.answers(tuned_jobs["tuned"], model, tokenizer, questions, new, bs, "eval tuned")
         if base_probe is not None:
             t0 = time.perf_counter()
             tuned_probe = _probe(tuned_jobs, model, tokenizer, bs, "tuned")
@@ -168,11 +169,15 @@ def evaluate(cfg: Config, run_dir: Path, model_path: Path, tokenizer) -> dict:
         rows.append({"id": it.extra.get("id", i), "question": it.messages[-1]["content"], "reference": it.extra.get("reference"),
                      "required": it.extra.get("required"), "answers": {c: a[i] for c, a in answers.items()},
                      "correct": {c: v == 1.0 for c, v in facts.items()}, "metrics": per_item[i]})
+    hardware.agree(_write, run_dir, rows, scores)
+    _print_scores(scores, cfg)
+    return scores
+
+
+def _write(run_dir: Path, rows: list[dict], scores: dict) -> None:
     atomic.write_jsonl(run_dir / "eval" / "predictions.jsonl", rows)
     atomic.write_json(run_dir / "eval" / "scores.json", scores)
     partial.clear(run_dir)  # only now: a kill before the line above resumes from the journals
-    _print_scores(scores, cfg)
-    return scores
 
 
 def _jobs(cfg: Config, run_dir: Path, name: str, model_id: dict, tokenizer, valid_ex: list,
@@ -201,8 +206,8 @@ def _jobs(cfg: Config, run_dir: Path, name: str, model_id: dict, tokenizer, vali
 def _probe(jobs: dict[str, partial.Journal], model, tokenizer, bs: int, label: str) -> dict:
     """forgetting.probe, resumed from the journals (`model` may be None when they are complete)."""
     text = forgetting.TEXT_FILE.read_text(encoding="utf-8")
-    loss, n_tokens = partial.value(jobs["probe text"], lambda: forgetting.text_loss(model, tokenizer, text))
-    answers = partial.answers(jobs["probe answers"], model, tokenizer, forgetting.probe_prompts(), forgetting.ANSWER_TOKENS,
+    loss, n_tokens = spread.value(jobs["probe text"], lambda: forgetting.text_loss(model, tokenizer, text))
+    answers = spread.answers(jobs["probe answers"], model, tokenizer, forgetting.probe_prompts(), forgetting.ANSWER_TOKENS,
                               bs, f"forgetting {label}")
     return forgetting.probe_result(loss, n_tokens, answers)
 
