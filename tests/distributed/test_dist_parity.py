@@ -16,7 +16,11 @@ import torch
 from conftest import TOL, assert_equals_reference, max_difference, outcome, prepared, run, torchrun
 
 WORKER = Path(__file__).with_name("worker.py")
-JOBS = {"ddp": ("ddp", "skip"), "ddp-every": ("ddp", "every"), "fsdp2": ("fsdp2", "skip"), "fsdp2-every": ("fsdp2", "every")}
+# A full fine-tune too, as `auto` shards one whose replica does not fit (lr 1e-3: AdamW's steps
+# of ~lr per weight, on the tiny model's 31k weights).
+FULL = ["method.kind=full", "train.lr=1e-3"]
+JOBS = {"ddp": ("ddp", "skip"), "ddp-every": ("ddp", "every"), "fsdp2": ("fsdp2", "skip"), "fsdp2-every": ("fsdp2", "every"),
+        "full-fsdp2": ("fsdp2", "skip", *FULL)}
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +28,26 @@ def jobs(case) -> dict[str, Path]:
     """The run folder of each of JOBS, trained by 2 processes in one torchrun launch."""
     tmp = case["tmp"] / "parity"
     folders = {name: prepared(case, tmp / name) for name in JOBS}
-    args = [f"{tmp / name},{strategy},{sync}" for name, (strategy, sync) in JOBS.items()]
+    args = [",".join([str(tmp / name), *job]) for name, job in JOBS.items()]
     run(torchrun("--standalone", "--nproc-per-node", "2", str(WORKER), str(case["config"]), *args),
         case["env"], tmp / "parity.log")
     return folders
+
+
+@pytest.fixture(scope="module")
+def full_reference(case) -> Path:
+    """The full fine-tune in one process (this one)."""
+    from helpers import offline_env
+    from tunekit import pipeline
+    from tunekit.config import load_config
+
+    run_dir = prepared(case, case["tmp"] / "full-reference")
+    mp = offline_env(case["tmp"])
+    try:
+        pipeline.run_stage(load_config(case["config"], FULL), run_dir, "train")
+    finally:
+        mp.undo()
+    return run_dir
 
 
 def test_shards_hold_every_example_once():
@@ -128,3 +148,20 @@ def test_gathered_adapter_loads_in_peft_whole(jobs, case, name):
         name_in_model = key.replace(".weight", ".default.weight")
         assert weights[name_in_model].shape == t.shape
         assert torch.allclose(weights[name_in_model], t, atol=TOL, rtol=0), key
+
+
+def test_full_fine_tune_sharded_by_fsdp2_equals_one_process(jobs, full_reference):
+    """Every weight of the model, gathered from the shards into one folder as one process writes it
+    (the tied embedding and output matrix once), within 1e-5; the per-step losses too."""
+    from safetensors.torch import load_file
+
+    got, want = (json.loads((d / "train_state.json").read_text()) for d in (jobs["full-fsdp2"], full_reference))
+    assert (got["distributed"], got["processes"], got["method"]) == ("fsdp2", 2, "full")
+    weights = [load_file(str(d / s["final_checkpoint"] / "model.safetensors"))
+               for d, s in ((jobs["full-fsdp2"], got), (full_reference, want))]
+    diff = max_difference(*weights)
+    assert diff <= TOL and len(weights[0]) > 10
+    losses = [[json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (jobs["full-fsdp2"], full_reference)]
+    assert losses[0] == pytest.approx(losses[1], abs=TOL + 1e-9)
+    print(f"full fine-tune, fsdp2: largest weight difference from one process {diff:.2e}", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""Under torchrun: `worker.py CONFIG RUNS,STRATEGY,SYNC ...` trains the prepared run folder
-RUNS/<name> once per argument, with train.distributed=STRATEGY and SYNC "skip" (gradients
-synchronised on a step's last micro-batch only, the default) or "every" (on every micro-batch).
+"""Under torchrun: `worker.py CONFIG RUNS,STRATEGY,SYNC[,OVERRIDE...] ...` trains the prepared run
+folder RUNS/<name> once per argument, with train.distributed=STRATEGY, SYNC "skip" (gradients
+synchronised on a step's last micro-batch only, the default) or "every" (on every micro-batch),
+and the config overrides given (key=value).
 
 One launch for several trainings: each process pays its imports and the process group once.
 The trainings go through pipeline.run_stage, as `tunekit train` runs them under torchrun.
@@ -20,9 +21,9 @@ def main(config: str, jobs: list[str]) -> None:
     hardware.join_process_group()
     console.quiet = not hardware.is_main()
     for job in jobs:
-        runs, strategy, sync = job.split(",")
+        runs, strategy, sync, *overrides = job.split(",")
         distributed.SKIP_SYNC = sync == "skip"
-        cfg = load_config(config, [f"train.distributed={strategy}"])
+        cfg = load_config(config, [f"train.distributed={strategy}", *overrides])
         pipeline.run_stage(cfg, pipeline.run_dir_for(cfg, runs), "train")
     hardware.leave_process_group()
 

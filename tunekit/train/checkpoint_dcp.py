@@ -63,7 +63,12 @@ def gathered_weights(model) -> dict[str, torch.Tensor]:
     """The whole trainable state (an adapter's weights; a full fine-tune's every weight) on rank 0's CPU,
     gathered from every process; {} on the others. Every process must call it."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=checkpoint.is_adapter(model))
-    return get_model_state_dict(model, options=options)
+    whole = get_model_state_dict(model, options=options)
+    # A tied matrix (SmolLM2's embeddings and output layer) is one tensor under two names here;
+    # one process's save_pretrained writes it once, under its first name, and so does this.
+    first = {n for n, _ in model.named_parameters()}
+    again = {n for n, _ in model.named_parameters(remove_duplicate=False)} - first
+    return {k: v for k, v in whole.items() if k not in again}
 
 
 @contextlib.contextmanager
