@@ -55,9 +55,9 @@ def setup(lively_dir, adapters):
     return tok, prompts, stop, alone
 
 
-def _engine_model(lively_dir, adapters):
+def _engine_model(lively_dir, adapters, mixing: str = "own"):
     """The base with the three adapters loaded: (Adapters, [None, name1, name2, name3])."""
-    mixed = Adapters(load_model(lively_dir).eval(), lively_dir)
+    mixed = Adapters(load_model(lively_dir).eval(), lively_dir, mixing=mixing)
     return mixed, [None] + [mixed.name(a) for a in adapters]
 
 
@@ -66,9 +66,10 @@ def _run(batch: Batch) -> None:
         pass
 
 
-def test_mixed_adapter_batch_answers_as_each_alone(lively_dir, adapters, setup):
+@pytest.mark.parametrize("mixing", ["own", "peft"])
+def test_mixed_adapter_batch_answers_as_each_alone(lively_dir, adapters, setup, mixing):
     tok, prompts, stop, alone = setup
-    mixed, names = _engine_model(lively_dir, adapters)
+    mixed, names = _engine_model(lively_dir, adapters, mixing)
     # every (model, prompt) pair, interleaved so neighbouring rows differ in adapter and length
     pairs = [(m, p) for p in range(len(prompts)) for m in (2, 0, 3, 1)]
     rows = [Row(prompts[p], NEW, stop, names[m]) for m, p in pairs]

@@ -4,17 +4,24 @@ The base loads once. An adapter (a PEFT folder: an exported adapter or a run's c
 on its first request and stays, up to `cap` of them; past that the least recently used one that
 no running row needs is dropped. Rows of one forward may each name another adapter, or none.
 
-The mixing is PEFT's own (its LoRA layers' `adapter_names` argument: rows are grouped by adapter
-and each group gets its adapter's low-rank update). PEFT passes that argument from
-`PeftModel.forward`/`generate` through forward pre-hooks it registers and removes on every call;
-the decode loop calls the decoder directly (see decode.py), so the hooks here are registered once
-per LoRA layer and read the current rows' names, which costs nothing between forwards.
+PEFT loads the adapters (every format detail, modules_to_save included) and two ways mix them:
+- "peft": PEFT's mixed-adapter batches (its LoRA layers' `adapter_names` argument): per layer,
+  rows are grouped by adapter and each group gets its adapter's low-rank update. PEFT passes
+  the argument from `PeftModel.forward`/`generate` through hooks it registers on every call; the
+  decode loop calls the decoder directly (decode.py), so here hooks are registered once per
+  layer and read the current rows' names.
+- "own" (the default): each LoRA linear layer's loaded adapters side by side, A stacked to
+  (sum of ranks, in) and B to (out, sum of ranks): two matmuls for all rows whatever their
+  adapters, a 0/1 mask keeping each row's own adapter's columns, and the row's scaling after B,
+  in PEFT's order of operations (base + (B(Ax)) * scaling). PEFT's way costs a handful of small
+  ops per adapter per layer, which at SmolLM2's 210 LoRA layers is most of a decode step on a CPU
+  (bench/results/serve_load.md). Layers whose adapters are not plain LoRA fall back to PEFT's way.
 
-Every row goes through the mixed path, even when a batch holds one adapter, so a request gets the
-same arithmetic alone and beside others; it is also the arithmetic of a PeftModel with that
-adapter active (base output plus the same low-rank product), which is what `tunekit chat` runs.
-Adapters are applied unmerged: in bf16, chat and eval merge an adapter into the fp32 weights
-before casting (models/tuned.load_answering), so there a shared base can round otherwise.
+Either way a row's arithmetic is its own (masked columns add exact zeros) and is the arithmetic
+of a PeftModel with that adapter active, which is what `tunekit chat` runs, up to the summation
+order of a longer matmul (tests/infer compare tokens). Adapters are applied unmerged: in bf16,
+chat and eval merge an adapter into the fp32 weights before casting (models/tuned.load_answering),
+so there a shared base can round otherwise.
 """
 
 from __future__ import annotations
@@ -26,23 +33,47 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
+import torch
+
 from tunekit.errors import ModelError
 from tunekit.models.tuned import check_adapter, read_adapter_config
 
 BASE = "__base__"  # PEFT's name for rows that take no adapter
+MIXING = ("own", "peft")
+
+
+class _Stack:
+    """One LoRA linear layer's plain-LoRA adapters side by side (see the module docstring)."""
+
+    def __init__(self, layer, names: list[str]):
+        self.names = names
+        self.a = torch.cat([layer.lora_A[n].weight for n in names])  # (sum of ranks, in)
+        self.b = torch.cat([layer.lora_B[n].weight for n in names], dim=1)  # (out, sum of ranks)
+        ranks = [layer.lora_A[n].weight.shape[0] for n in names]
+        starts = [sum(ranks[:i]) for i in range(len(ranks))]
+        self.cols = {n: (s, s + r) for n, s, r in zip(names, starts, ranks, strict=True)}
+        self.key = tuple((n, self.cols[n], float(layer.scaling[n])) for n in names)
+
+
+def _plain(layer, name: str) -> bool:
+    """A vanilla LoRA update of this Linear (no DoRA or other variant, no bias on B): stackable."""
+    return name not in getattr(layer, "lora_variant", {}) and layer.lora_B[name].bias is None
 
 
 class Adapters:
-    """The adapters loaded on one base model. Not thread-safe on its own: the scheduler's worker
-    thread is the only one that loads, evicts and runs forwards (`lock` guards the rest)."""
+    """The adapters loaded on one base model. Not thread-safe: the scheduler's worker thread is the
+    only one that loads, evicts and runs forwards."""
 
-    def __init__(self, model, base_dir: Path, cap: int = 8):
-        self.model, self.base_dir, self.cap = model, Path(base_dir), max(1, cap)
+    def __init__(self, model, base_dir: Path, cap: int = 8, mixing: str = "own"):
+        if mixing not in MIXING:
+            raise ValueError(f"mixing {mixing!r} is not one of {MIXING}")
+        self.model, self.base_dir, self.cap, self.mixing = model, Path(base_dir), max(1, cap), mixing
         self.loaded: OrderedDict[Path, str] = OrderedDict()  # folder -> name, least recently used first
-        self._names: list[str] | None = None
+        self._names: list[str] | None = None  # the rows of the forward running now
+        self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}  # per stack layout, this forward
+        self._stacks: dict[int, _Stack] = {}  # id(LoRA Linear) -> its stack ("own" mixing)
         self._hooked: set[int] = set()
         self._count = 0
-        self.lock = threading.Lock()
 
     def name(self, adapter: Path | None, busy: set[str] = frozenset()) -> str | None:
         """The loaded name of `adapter` (None: the base), loading it now if needed; `busy`: names
@@ -62,6 +93,7 @@ class Adapters:
         self._load(key, name)
         self.loaded[key] = name
         self._evict(busy | {name})
+        self._restack()
         return name
 
     def _load(self, folder: Path, name: str) -> None:
@@ -84,19 +116,64 @@ class Adapters:
                     self.model.delete_adapter(name)
                 del self.loaded[key]
 
+    def _lora_linears(self):
+        from peft.tuners.lora import Linear
+
+        return [m for m in self.model.modules() if isinstance(m, Linear)]
+
+    def _restack(self) -> None:
+        self._stacks = {}
+        if self.mixing != "own":
+            return
+        loaded = set(self.loaded.values())
+        for layer in self._lora_linears():
+            names = [n for n in layer.lora_A if n in loaded]
+            if names and all(_plain(layer, n) for n in names):
+                self._stacks[id(layer)] = _Stack(layer, names)
+
     def _hook_new_layers(self) -> None:
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer, Linear
         from peft.utils.other import AuxiliaryTrainingWrapper
 
         for module in self.model.modules():
             if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)) and id(module) not in self._hooked:
                 module.register_forward_pre_hook(self._inject, with_kwargs=True)
+                if isinstance(module, Linear):
+                    module.register_forward_hook(self._add, with_kwargs=True)
                 self._hooked.add(id(module))
 
     def _inject(self, module, args, kwargs):
+        """Before a LoRA layer: PEFT mixes the rows, or (a stacked layer) runs only the base, `_add` the rest."""
         if self._names is not None:
-            kwargs["adapter_names"] = self._names
+            kwargs["adapter_names"] = [BASE] * len(self._names) if id(module) in self._stacks else self._names
         return args, kwargs
+
+    def _add(self, module, args, kwargs, output):
+        stack = self._stacks.get(id(module)) if self._names is not None else None
+        if stack is None:
+            return output
+        mask, scale = self._mask(stack)
+        if mask is None:  # no row uses this layer's adapters
+            return output
+        x = args[0] if args else kwargs["x"]
+        h = torch.nn.functional.linear(x.to(stack.a.dtype), stack.a) * mask
+        return output + (torch.nn.functional.linear(h, stack.b) * scale).to(output.dtype)
+
+    def _mask(self, stack: _Stack) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """(0/1 of each row's own columns (rows, 1, ranks), its scaling (rows, 1, 1)); computed once per
+        forward for each layout of stacked adapters (most layers share one)."""
+        if stack.key not in self._masks:
+            mask = torch.zeros((len(self._names), 1, stack.a.shape[0]), dtype=stack.a.dtype)
+            scale = torch.zeros((len(self._names), 1, 1), dtype=stack.a.dtype)
+            scalings = {n: s for n, _, s in stack.key}
+            for row, name in enumerate(self._names):
+                if name in stack.cols:
+                    start, end = stack.cols[name]
+                    mask[row, 0, start:end] = 1
+                    scale[row] = scalings[name]
+            used = bool(scale.any())
+            self._masks[stack.key] = (mask.to(stack.a.device), scale.to(stack.a.device)) if used else (None, None)
+        return self._masks[stack.key]
 
     @contextlib.contextmanager
     def rows(self, names: list[str | None]):
@@ -104,8 +181,8 @@ class Adapters:
         if not self.loaded:  # nothing but the base is loaded
             yield
             return
-        self._names = [BASE if n is None else n for n in names]
+        self._names, self._masks = [BASE if n is None else n for n in names], {}
         try:
             yield
         finally:
-            self._names = None
+            self._names, self._masks = None, {}

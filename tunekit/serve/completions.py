@@ -298,13 +298,17 @@ def _chunks(served: Served, call: _Call) -> Iterator[dict]:
         return {**out, "usage": None} if usage else out
 
     request = _submit(served, call)
-    for i in range(call.params.n):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-    for index, piece, reason in _answers(served, call, request):
-        if piece:
-            yield chunk([{"index": index, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
-        if reason is not None:
-            yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    try:
+        for i in range(call.params.n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        for index, piece, reason in _answers(served, call, request):
+            if piece:
+                yield chunk([{"index": index, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
+            if reason is not None:
+                yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    finally:  # also when the reader closes the stream early (a client gone): the rows leave the batch
+        request.cancel()
     if usage:
         yield {**chunk([]), "usage": _usage(call)}
 
