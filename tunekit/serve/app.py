@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import traceback
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -200,6 +201,10 @@ def create_app(settings: Settings, run_jobs: bool = True) -> FastAPI:
 
     store.init(settings.root)
 
+    from tunekit.infer.pool import EnginePool
+
+    engines = EnginePool()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         scheduler = Scheduler(settings) if run_jobs else None
@@ -211,9 +216,38 @@ def create_app(settings: Settings, run_jobs: bool = True) -> FastAPI:
         finally:
             if scheduler:
                 await run_in_threadpool(scheduler.stop)
+            engines.close()
 
     app = FastAPI(title="tunekit", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     _install_error_handlers(app)
     app.include_router(_router())
+    _add_chat(app, settings, engines)
+    _add_dashboard(app)
     return app
+
+
+def _add_chat(app: FastAPI, settings: Settings, engines) -> None:
+    """`POST /v1/chat/completions` (serve/completions.py) over one engine per base model: a name a
+    key may call (a base, its fine-tuned models, their checkpoints) answers on its base's engine."""
+    from tunekit.serve.completions import add_chat_route
+
+    def served(name: str, owner: str):
+        return engines.get(model_refs.resolve_model(owner, name, settings), label=name)
+
+    add_chat_route(app, served, require_key)
+
+
+DASHBOARD = Path(__file__).with_name("dashboard")
+
+
+def _add_dashboard(app: FastAPI) -> None:
+    """The dashboard at `/`: static files of the package, no build step. It signs in with an API key
+    and calls the same /v1 routes as any client, so it can do nothing a key cannot."""
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard():
+        return FileResponse(DASHBOARD / "index.html")
