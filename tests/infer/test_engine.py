@@ -123,3 +123,16 @@ def test_a_broken_adapter_fails_its_request_only(engine, adapters, setup, tmp_pa
     with pytest.raises(CheckpointError, match="missing adapter_model.safetensors"):
         read(bad)
     assert read(good)[0] == alone[2][1]
+
+
+def test_a_dora_adapter_runs_in_a_batch_of_its_own_beside_the_mixed_one(engine, adapters, dora_adapter, setup, lively_dir):
+    tok, prompts, stop, alone = setup
+    dora = peft_on(lively_dir, dora_adapter)
+    want = [greedy_batch(dora, [p], NEW, stop, tok.pad_token_id, SharedPrefix([]))[0] for p in prompts]
+    assert want != alone[0]
+    eng = engine(window_s=0.05)
+    asks = [(dora_adapter, 0), (None, 1), (dora_adapter, 2), (adapters[0], 3), (dora_adapter, 3)]
+    requests = [eng.submit([Ask(prompts[p], NEW, stop, a)]) for a, p in asks]
+    got = [read(r)[0] for r in requests]
+    assert got == [want[0], alone[0][1], want[2], alone[1][3], want[3]]
+    assert eng.adapters.solo == {eng.adapters.loaded[dora_adapter.resolve()]}

@@ -17,6 +17,9 @@ PEFT loads the adapters (every format detail, modules_to_save included) and two 
   ops per adapter per layer, which at SmolLM2's 210 LoRA layers is most of a decode step on a CPU
   (bench/results/serve_load.md). Layers whose adapters are not plain LoRA fall back to PEFT's way.
 
+PEFT mixes no DoRA adapter (its magnitude vectors rescale the whole weight); one is loaded as the
+others, but its rows run in a batch of their own (infer/scheduler.py) with it active in PEFT.
+
 Either way a row's arithmetic is its own (masked columns add exact zeros) and is the arithmetic
 of a PeftModel with that adapter active, which is what `tunekit chat` runs, up to the summation
 order of a longer matmul (tests/infer compare tokens). Adapters are applied unmerged: in bf16,
@@ -35,7 +38,6 @@ from pathlib import Path
 
 import torch
 
-from tunekit.errors import ModelError
 from tunekit.models.tuned import check_adapter, read_adapter_config
 
 BASE = "__base__"  # PEFT's name for rows that take no adapter
@@ -74,6 +76,8 @@ class Adapters:
         self._stacks: dict[int, _Stack] = {}  # id(LoRA Linear) -> its stack ("own" mixing)
         self._hooked: set[int] = set()
         self._count = 0
+        self.solo: set[str] = set()  # adapters that cannot be mixed (DoRA): their rows run alone (`rows`)
+        self._active: str | None = None
 
     def name(self, adapter: Path | None, busy: set[str] = frozenset()) -> str | None:
         """The loaded name of `adapter` (None: the base), loading it now if needed; `busy`: names
@@ -85,13 +89,13 @@ class Adapters:
             self.loaded.move_to_end(key)
             return self.loaded[key]
         check_adapter(key, self.base_dir)
-        if read_adapter_config(key).get("use_dora"):
-            raise ModelError(f"adapter {adapter} is a DoRA adapter, which PEFT cannot mix with others in one batch; "
-                             f"answer with it alone (tunekit chat / generate), or merge it (tunekit export)")
         self._count += 1
         name = f"a{self._count}_" + re.sub(r"[^A-Za-z0-9_]", "_", key.name)[:40]  # module dict keys: no dots
         self._load(key, name)
         self.loaded[key] = name
+        if read_adapter_config(key).get("use_dora") or any(not _plain(m, name) for m in self._lora_linears()
+                                                            if name in m.lora_A):
+            self.solo.add(name)
         self._evict(busy | {name})
         self._restack()
         return name
@@ -104,6 +108,7 @@ class Adapters:
         else:
             self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
         self.model.eval()
+        self._active = None  # PEFT may have made the new one active
         self._hook_new_layers()
 
     def _evict(self, busy: set[str]) -> None:
@@ -115,6 +120,8 @@ class Adapters:
                     warnings.simplefilter("ignore", UserWarning)
                     self.model.delete_adapter(name)
                 del self.loaded[key]
+                self.solo.discard(name)
+                self._active = None if self._active == name else self._active
 
     def _lora_linears(self):
         from peft.tuners.lora import Linear
@@ -125,7 +132,7 @@ class Adapters:
         self._stacks = {}
         if self.mixing != "own":
             return
-        loaded = set(self.loaded.values())
+        loaded = set(self.loaded.values()) - self.solo
         for layer in self._lora_linears():
             names = [n for n in layer.lora_A if n in loaded]
             if names and all(_plain(layer, n) for n in names):
@@ -179,6 +186,13 @@ class Adapters:
     def rows(self, names: list[str | None]):
         """Forwards inside run row i with adapter names[i] (None: the base alone)."""
         if not self.loaded:  # nothing but the base is loaded
+            yield
+            return
+        if names[0] in self.solo:  # PEFT's own path with that adapter active (the scheduler never mixes it)
+            assert set(names) == {names[0]}, "an adapter that cannot mix shares a batch"
+            if self._active != names[0]:
+                self.model.set_adapter(names[0])
+                self._active = names[0]
             yield
             return
         self._names, self._masks = [BASE if n is None else n for n in names], {}

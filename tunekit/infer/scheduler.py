@@ -14,7 +14,8 @@ gone, a stop string written) leaves the batch at the next step. Models whose KV 
 joined (cache.py) are answered a batch at a time: newcomers wait for the running batch to end.
 
 Adapters load in the worker (a forward must not run while PEFT rewires the layers), so the first
-request for an adapter holds the running batch for its loading time.
+request for an adapter holds the running batch for its loading time. Rows of an adapter that cannot
+be mixed with others (DoRA) run in a batch of their own, stepped in turn with the mixed one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 from tunekit.infer.adapters import Adapters
-from tunekit.infer.cache import SharedPrefix
+from tunekit.infer.cache import SharedPrefix, plain_layer_count
 from tunekit.infer.decode import Batch, Row
 
 
@@ -91,6 +92,7 @@ class Engine:
     def __init__(self, model, pad_id: int, base_dir: Path, *, max_batch: int = 16, window_s: float = 0.01,
                  adapter_cap: int = 8, name: str = "engine"):
         self.adapters = Adapters(model, base_dir, adapter_cap)
+        self._joinable = plain_layer_count(model) > 0  # see cache.py: else a batch at a time
         self.pad_id, self.max_batch, self.window_s = pad_id, max(1, max_batch), window_s
         self._inbox: queue.Queue[Request | None] = queue.Queue()
         self._closed = False
@@ -124,23 +126,27 @@ class Engine:
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        running: Batch | None = None
+        # Lanes: None is the batch of the base and every adapter that mixes with others; an adapter
+        # that cannot mix (DoRA, see adapters.py) has a batch of its own. Each step runs every lane once.
+        lanes: dict[str | None, Batch] = {}
         waiting: list[Request] = []  # taken from the inbox, not yet in a batch
-        while self._collect(waiting, block=(running is None or not running.rows) and not waiting):
-            rows = len(running.rows) if running is not None else 0
-            if waiting and rows < self.max_batch and (not rows or running.joinable):
-                running = self._admit(running, waiting, self.max_batch - rows)
-            if running is None or not running.rows:
-                continue
-            try:
-                running.step()
-            except Exception as e:  # noqa: BLE001 (a failed forward ends its rows' requests, not the engine)
-                self._fail({id(self._owner[id(r)][0]): self._owner[id(r)][0] for r in running.rows}.values(), e)
-                running = None
-                continue
-            self.steps += 1
-            self.widest = max(self.widest, len(running.rows))
-            self._emit(running.rows + running.take_left())
+        while self._collect(waiting, block=not any(b.rows for b in lanes.values()) and not waiting):
+            live = sum(len(b.rows) for b in lanes.values())
+            if waiting and live < self.max_batch and (not live or self._joinable):
+                self._admit(lanes, waiting, self.max_batch - live)
+            for key, batch in list(lanes.items()):
+                try:
+                    stepped = batch.step()
+                except Exception as e:  # noqa: BLE001 (a failed forward ends its rows' requests, not the engine)
+                    self._fail({id(self._owner[id(r)][0]): self._owner[id(r)][0] for r in batch.rows}.values(), e)
+                    del lanes[key]
+                    continue
+                if stepped:
+                    self.steps += 1
+                    self.widest = max(self.widest, len(batch.rows))
+                self._emit(batch.rows + batch.take_left())
+                if not batch.rows:
+                    del lanes[key]
         for request in [*waiting, *(owner for owner, _ in self._owner.values())]:
             self._fail([request], RuntimeError("the engine closed"))
 
@@ -161,9 +167,9 @@ class Engine:
         except queue.Empty:
             return True
 
-    def _admit(self, running: Batch | None, waiting: list[Request], free: int) -> Batch | None:
-        """Prefill the waiting requests that fit (all the answers of each) and join them to `running`."""
-        busy = {r.adapter for r in running.rows} if running is not None else set()
+    def _admit(self, lanes: dict[str | None, Batch], waiting: list[Request], free: int) -> None:
+        """Prefill the waiting requests that fit (all the answers of each) and join them to their lanes."""
+        busy = {r.adapter for b in lanes.values() for r in b.rows}
         rows: list[Row] = []
         while waiting and len(waiting[0].asks) <= free - len(rows):
             request = waiting.pop(0)
@@ -178,23 +184,25 @@ class Engine:
                 if request.cancelled:  # cancelled while waiting
                     row.cancel()
             rows += request.rows
-        if not rows:
-            return running
-        if running is not None:
-            running.use(self.model)  # PEFT wraps the base when the first adapter loads
-        # A lone prompt prefills in one forward, as `tunekit chat` does; several share their common prefix.
-        shared = SharedPrefix([]) if len(rows) == 1 else None
-        try:
-            new = Batch(self.model, rows, self.pad_id, shared, self.adapters)
-        except Exception as e:  # noqa: BLE001
-            self._fail({id(self._owner[id(r)][0]): self._owner[id(r)][0] for r in rows}.values(), e)
-            return running
-        self._emit(rows)
-        if running is None or not running.rows:
-            return new
-        running.extend(new)
-        self._emit(running.take_left())
-        return running
+        for batch in lanes.values():
+            batch.use(self.model)  # PEFT wraps the base when the first adapter loads
+        groups: dict[str | None, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(row.adapter if row.adapter in self.adapters.solo else None, []).append(row)
+        for key, group in groups.items():
+            # A lone prompt prefills in one forward, as `tunekit chat` does; several share their common prefix.
+            shared = SharedPrefix([]) if len(group) == 1 else None
+            try:
+                new = Batch(self.model, group, self.pad_id, shared, self.adapters)
+            except Exception as e:  # noqa: BLE001
+                self._fail({id(self._owner[id(r)][0]): self._owner[id(r)][0] for r in group}.values(), e)
+                continue
+            self._emit(group)
+            if key in lanes and lanes[key].rows:
+                lanes[key].extend(new)
+                self._emit(lanes[key].take_left())
+            else:
+                lanes[key] = new
 
     def _emit(self, rows: list[Row]) -> None:
         """Hand each row's new tokens (and its finish, once) to its request."""
