@@ -9,4 +9,7 @@ through it, so a model gives the same answer everywhere.
   load.py       loading a run, adapter or model to answer with, in its eval's dtype and precision
   adapters.py   many LoRA adapters on one base: loaded on first use, kept (LRU), mixed in one batch
   scheduler.py  concurrent requests gathered into batches per base model (continuous batching)
+  pool.py       the engines a server answers with: one per base model, a name -> (engine, adapter, tokenizer)
+
+The OpenAI chat completions shape over it is tunekit/serve/completions.py.
 """
