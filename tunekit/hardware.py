@@ -177,9 +177,18 @@ def join_process_group() -> bool:
 
 
 def leave_process_group() -> None:
+    """Destroy the process group, once what used it is gone.
+
+    A device mesh (DDP's and FSDP2's) still alive when the group is destroyed, or at exit, made a
+    process abort as it ended ("terminate called without an active exception", SIGABRT) in 3 to 6
+    of 8 runs of 2 processes on gloo (torch 2.13), and torchrun then reports the job failed after
+    all its work was done. Collecting the garbage first frees the meshes of finished stages: 0 of 10."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -35,8 +35,10 @@ def case(tiny_model_dir, tmp_path_factory) -> dict:
     from tunekit.config import load_config
 
     tmp = tmp_path_factory.mktemp("distributed")
+    # fp32 said, not `auto`: the processes started here do not get the suite's fixture that makes `auto`
+    # fp32 (conftest.bf16_slow_here), and bf16 measured faster on a loaded machine now and then.
     raw = tiny_run_config(tmp, tiny_model_dir, 41, train={"batch_size": 4, "grad_accum": 2, "save_every": 2,
-                                                          "keep_last": 5, "log_every": 1})
+                                                          "keep_last": 5, "log_every": 1, "precision": "fp32"})
     config = write_config(tmp / "tiny.yaml", raw)
     runs = tmp / "reference"
     mp = offline_env(tmp)

@@ -54,7 +54,7 @@ def test_run_with_nproc_per_node_ends_as_one_process(tiny_model_dir, tmp_path):
     from tunekit.cli import main
 
     raw = tiny_run_config(tmp_path, tiny_model_dir, 41, n_eval=6, export={"formats": ["adapter"]},
-                          train={"batch_size": 4, "grad_accum": 2, "save_every": 2})
+                          train={"batch_size": 4, "grad_accum": 2, "save_every": 2, "precision": "fp32"})
     config = write_config(tmp_path / "tiny.yaml", raw)
     mp = offline_env(tmp_path)
     try:

@@ -7,14 +7,17 @@ so accumulated gradients equal those of one large batch.
 Around the step: the held-out loss every `eval_every` steps (early stopping, best
 checkpoint), checkpoints every `save_every` steps, and metrics. The side concerns live
 beside this file: compute.py (device, precision, activation checkpointing), heldout.py,
-checkpoint.py, metrics.py (metrics.jsonl, TensorBoard, memory) and plot.py (loss.png).
+checkpoint.py, resume.py, metrics.py (metrics.jsonl, TensorBoard, memory) and plot.py (loss.png).
+
+The same loop runs in each process of a torchrun job (distributed.py: DDP or FSDP2, every
+process computing its share of each global micro-batch; checkpoint_dcp.py: their checkpoints),
+and computes the update one process computes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -23,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from tunekit import atomic, hardware, runfolder, stopping
+from tunekit import atomic, hardware, stopping
 from tunekit.config import Config
 from tunekit.data.batches import Batch, collate, epoch_batches, load_examples
 from tunekit.data.pack import collate_packed
 from tunekit.data.template import Tokenized
-from tunekit.errors import CheckpointError, OutOfMemory, TunekitError
+from tunekit.errors import OutOfMemory, TunekitError
 from tunekit.hardware import FP32, Precision
 from tunekit.models.loading import load_model, set_threads
 from tunekit.progress import Bar, console
@@ -45,6 +48,7 @@ from tunekit.train.metrics import MetricsLog, peak_memory_mb, read_metrics, requ
 from tunekit.train.optim import make_optimizer, make_scheduler
 from tunekit.train.plot import write_loss_png
 from tunekit.train.replay import ReplayPool, pool_for, replay_examples
+from tunekit.train.resume import check_checkpoint_space, resume_from
 
 
 class TrainingDiverged(TunekitError):
@@ -283,7 +287,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
     params, plan, optimizer, scheduler, scaler = s.params, s.plan, s.optimizer, s.scheduler, s.scaler
     ckpt_root = run_dir / "checkpoints"
     ranks, main = s.ranks, s.ranks is None or s.ranks.main  # only rank 0 writes the run folder
-    start, state = _maybe_resume(ckpt_root, model, optimizer, scheduler, scaler, resume, config_hash, ranks)
+    start, state = resume_from(ckpt_root, model, optimizer, scheduler, scaler, resume, config_hash, ranks)
     heldout = HeldOut.from_state(state.get("heldout"), cfg.train.early_stopping_patience)
     _warn_without_heldout(cfg, valid_ex)
     metrics_path = run_dir / "metrics.jsonl"
@@ -299,7 +303,7 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
         writer = checkpoint.save if ranks is None else checkpoint_dcp.save
         return writer(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last, scaler)
 
-    hardware.agree(_check_checkpoint_space, cfg, ckpt_root, model, optimizer)
+    hardware.agree(check_checkpoint_space, cfg, ckpt_root, model, optimizer)
     pack_to = cfg.data.max_length if cfg.data.packing else None
     t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
     with Bar("train", plan.total_steps) as bar, _metrics_log(main, metrics_path, _tensorboard_dir(cfg, run_dir)) as log, \
@@ -454,20 +458,6 @@ def _stop_if_nonfinite(what: str, value: float, step: int, ckpt_root: Path) -> N
                            "from the broken weights. Lower train.lr (or check the data for broken records) and rerun.")
 
 
-def _check_checkpoint_space(cfg: Config, ckpt_root: Path, model, optimizer) -> None:
-    """Before the first step: refuse when the disk cannot hold one checkpoint, and warn when it cannot
-    hold the most this run keeps at once (keep_last, the best, and the one being written)."""
-    one = checkpoint.checkpoint_bytes(model, optimizer)
-    atomic.require_space(ckpt_root, one, "a checkpoint of this run", checkpoint.SPACE_HINT)
-    at_once = cfg.train.keep_last + 1 + int(cfg.train.keep_best)
-    have = len(checkpoint.list_checkpoints(ckpt_root))
-    free = atomic.free_bytes(ckpt_root)
-    if one * max(at_once - have, 1) > free:
-        console.print(f"[yellow]warning[/] this run keeps up to {at_once} checkpoints of about {one / 2**20:,.0f} MB, "
-                      f"and {free / 2**20:,.0f} MB are free: it will stop at the first checkpoint that does not fit "
-                      f"(the one before stays). Lower train.keep_last or free space.")
-
-
 def _warn_without_heldout(cfg: Config, valid_ex: list) -> None:
     if not valid_ex and (cfg.train.eval_every or cfg.train.early_stopping_patience):
         console.print("[yellow]note[/] no held-out examples (data/valid.jsonl is empty): "
@@ -476,40 +466,3 @@ def _warn_without_heldout(cfg: Config, valid_ex: list) -> None:
 
 def _tensorboard_dir(cfg: Config, run_dir: Path) -> Path | None:
     return run_dir / "tensorboard" if cfg.train.tensorboard else None
-
-
-def _maybe_resume(ckpt_root: Path, model, optimizer, scheduler, scaler, resume: bool, config_hash: str,
-                  ranks: Ranks | None = None) -> tuple[int, dict]:
-    """(step to continue after, that checkpoint's state); (0, {}) for a fresh start. In a job of
-    several processes rank 0 picks the checkpoint and every process loads it."""
-    found = hardware.agree(_checkpoint_to_resume, ckpt_root, resume, config_hash)
-    if found is None:
-        return 0, {}
-    step, path = found
-    if checkpoint_dcp.is_sharded(path):  # written by several processes: any number of them resumes it
-        state = checkpoint_dcp.load(path, model, optimizer, scheduler, scaler)
-    elif ranks is not None and ranks.strategy == "fsdp2":
-        raise CheckpointError(f"checkpoint {path} was written by a single process, and FSDP2 resumes only checkpoints "
-                              "written by several; resume it with train.distributed=ddp, or in one process")
-    else:  # one process's checkpoint; under DDP every process loads the whole of it
-        state = checkpoint.load(path, model, optimizer, scheduler, scaler)
-    console.print(f"resuming from {path} (step {step})")
-    return step, state
-
-
-def _checkpoint_to_resume(ckpt_root: Path, resume: bool, config_hash: str) -> tuple[int, Path] | None:
-    """The newest checkpoint this run continues from, or None; checkpoints it cannot continue are set aside."""
-    found = checkpoint.list_checkpoints(ckpt_root)
-    if not found:
-        return None
-    step, path = found[-1]
-    theirs = json.loads((path / "state.json").read_text()).get("config_hash")
-    if not resume or (config_hash and theirs not in ("", config_hash)):
-        # Checkpoints of another config cannot be continued, and a fresh start numbers its own from
-        # step 1: left in place, the old ones would be mixed with the new and pruned in their stead.
-        # (The pipeline sets them aside before this stage runs; this is for callers of train() alone.)
-        kept = runfolder.set_aside(ckpt_root.parent, [ckpt_root], f"checkpoints-{theirs or 'unknown'}")
-        why = "you asked for a fresh start" if not resume else "they come from a different config"
-        console.print(f"checkpoints in {ckpt_root} are not continued ({why}); moved to {kept}")
-        return None
-    return step, path
