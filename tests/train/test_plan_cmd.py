@@ -148,6 +148,10 @@ def test_plan_writes_positive_times_for_the_steps_make_plan_gives(planned, tiny_
     assert plan["tokens_per_s"] > 0 and plan["tokens"] <= plan["padded_tokens"]
     mem = plan["memory"]
     assert mem["peak_rss_mb"] > 0 and mem["estimated_mb"] > 0
+    # Under torchrun: DDP holds the whole estimate in each process; auto keeps LoRA on DDP.
+    procs = mem["processes"]
+    assert procs["count"] >= 2 and procs["ddp_mb"] == mem["estimated_mb"] and procs["fsdp2_mb"] > 0
+    assert procs["auto"] == "ddp" and "adapters" in procs["auto_reason"]
 
 
 def test_the_probe_leaves_nothing_a_training_would_resume_from(planned, capsys, monkeypatch):
