@@ -8,7 +8,9 @@ crashing.py (os._exit in one process at a chosen moment, the training code untou
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -82,4 +84,32 @@ def test_two_machines_on_localhost_train_as_one_process(case, tmp_path):
                 p.kill()
     assert codes == [0, 0], "\n".join(procs.tail(log) for log in logs)
     assert sum("processes 2 processes, ddp" in " ".join(procs.tail(log, 100000).split()) for log in logs) == 1  # rank 0 prints
+    assert_equals_reference(run_dir, case)
+
+
+def test_sigterm_to_torchrun_saves_every_process_at_one_step_then_resumes(case, tmp_path):
+    """Preemption signals torchrun, which passes SIGTERM on to its processes; whichever process sees
+    it first, all agree (in the step's all_reduce) on the step to stop after, save it together and
+    exit 128 + 15. One process resumes from there and ends as never interrupted."""
+    runs = tmp_path / "runs"
+    run_dir = prepared(case, runs)
+    env = {**case["env"], "TK_CRASH_IN": "slow", "TK_STEP_SLEEP": "0.5"}
+    cmd = torchrun("--standalone", "--nproc-per-node", "2", CRASHING, "train", str(case["config"]), "train.save_every=0",
+                   "--runs-dir", str(runs))
+    log = tmp_path / "stopped.log"
+    with procs.started(cmd, env, log) as proc:
+        procs.wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2,
+                       proc, "two training steps", log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=procs.WAIT_S) != 0
+    out = " ".join(procs.tail(log, 100000).split())
+    saved = list_checkpoints(run_dir / "checkpoints")
+    assert len(saved) == 1 and 2 <= saved[0][0] < 5 and is_sharded(saved[0][1]), (saved, out[-3000:])
+    assert json.loads((saved[0][1] / "state.json").read_text())["processes"] == 2
+    assert f"training stopped by SIGTERM after step {saved[0][0]} of 5" in out
+    steps_logged = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps_logged) == saved[0][0]  # no process ran past the step they saved
+
+    out = run(procs.tunekit("train", str(case["config"]), "--runs-dir", str(runs)), case["env"], tmp_path / "alone.log")
+    assert _resumed_from(out) == saved[0][0]
     assert_equals_reference(run_dir, case)
