@@ -2,8 +2,8 @@
 records fed to every reader and to prepare; random `key=value` overrides fed to the config.
 
 Whatever the input, a reader keeps the valid records and rejects the others with a reason
-code that README lists, and raises nothing but DataError (a file it cannot read at all);
-prepare does the same. An override is applied or refused with a ConfigError, which the
+code that the guide lists (docs/troubleshooting.md; tests/test_docs.py checks the list), and
+raises nothing but DataError (a file it cannot read at all); prepare does the same. An override is applied or refused with a ConfigError, which the
 CLI turns into exit code 2 and a message, never a traceback.
 
 The profile is deterministic (derandomize: the same examples on every run and in CI),
@@ -41,7 +41,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PROFILE = settings.get_profile("tunekit")
-README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 _folders = itertools.count()
 
 
@@ -68,11 +67,6 @@ def accounted(path: Path, n: int | None = None) -> tuple[list, list]:
     if n is not None:
         assert len(records) + len(rejects) == n
     return records, rejects
-
-
-def test_every_reject_reason_is_in_the_readme():
-    listed = README[README.index("**Rejects**"):].split("\n\n")[0]
-    assert [r for r in REASONS if f"`{r}`" not in listed] == []
 
 
 # --- random bytes, to every reader -------------------------------------------------------------

@@ -28,7 +28,7 @@ DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 REASONS = ("malformed_json", "malformed_csv", "bad_encoding", "too_deep", "not_an_object", "missing_messages",
            "missing_field", "wrong_type", "unknown_role", "empty_turn", "misplaced_system", "bad_weight",
            "bad_turn_order", "no_final_assistant", "no_trainable_turn", "over_long", *DUPLICATE_REASONS)
-"""Every reason a record is rejected for, as README's Data section lists them."""
+"""Every reason a record is rejected for, as docs/troubleshooting.md lists them (tests/test_docs.py checks it)."""
 
 
 @dataclass
