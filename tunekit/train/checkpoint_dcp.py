@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -95,6 +96,11 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
             hardware.agree(_write_rank0_files, tmp, model, whole, scheduler, scaler, {**state, "step": step})
     except OSError as e:
         raise CheckpointError(checkpoint.write_failure(final, e)) from e
+    except CheckpointException as e:  # DCP's: a process failed writing its shards; every process gets it
+        cause = next((exc for exc, _ in e.failures.values() if isinstance(exc, OSError)), None)
+        if cause is not None:
+            raise CheckpointError(checkpoint.write_failure(final, cause)) from e
+        raise
     hardware.agree(checkpoint.prune, ckpt_root, keep_last, state.get("best"))
     return final
 
@@ -118,8 +124,10 @@ def load(path: Path, model, optimizer, scheduler, scaler=None) -> dict:
         trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         shards = _shards(model, optimizer)
         dcp.load(shards, checkpoint_id=path / DCP_DIR)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be loaded ({str(e).splitlines()[0] if str(e) else e}); "
+    except (OSError, ValueError, KeyError, RuntimeError, CheckpointException) as e:
+        if isinstance(e, CheckpointException):  # a process failed reading: its error, not DCP's summary
+            e = next(iter(e.failures.values()))[0]
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                               "delete it to resume from the one before") from None
     set_model_state_dict(model, shards["model"], options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, shards["optimizer"])
