@@ -21,6 +21,17 @@ def untied_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """One headless Chromium for the session's browser tests (tests/browser.py)."""
+    from browser import Browser, chromium
+
+    tmp = tmp_path_factory.mktemp("chromium")
+    b = Browser(chromium(), tmp / "profile", tmp / "chromium.log")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from tunekit.models.loading import load_tokenizer
 

@@ -93,3 +93,18 @@ def cli_on_tiny(tmp: Path, model_dir: Path, command: str, **sections) -> tuple[i
     finally:
         mp.undo()
     return code, path, runs, cfg
+
+
+def poison_kv_cache(monkeypatch) -> None:
+    """KV cache buffers start as NaN: a column read before it is written (or zeroed, for padding)
+    turns an answer into garbage, so a test of the decode loop cannot pass by luck."""
+    from tunekit.infer import cache
+
+    allocate = cache._SlabLayer._allocate
+
+    def poisoned(self, k, v):
+        allocate(self, k, v)
+        self.k_buf.fill_(float("nan"))
+        self.v_buf.fill_(float("nan"))
+
+    monkeypatch.setattr(cache._SlabLayer, "_allocate", poisoned)

@@ -7,6 +7,7 @@ code block is an example, not a statement, and a rendered figure is checked agai
 from __future__ import annotations
 
 import re
+import sys
 
 FENCE = re.compile(r"^(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -67,3 +68,18 @@ def mkdocs_slug(heading: str) -> str:
     text = re.sub(r"<[^>]+>", "", heading).replace("`", "")
     text = re.sub(r"[^\w\s-]", "", text).strip().lower()
     return re.sub(r"[-\s]+", "-", text)
+
+
+def write_or_check(out, text: str, argv: list[str], script: str) -> int:
+    """The generated pages' command line: write `text` to `out`, or with --check exit 1 when the
+    committed page differs from it (stale)."""
+    root = out.parents[2]
+    if "--check" in argv:
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            print(f"{out.relative_to(root)} is stale: run `python tools/{script}`", file=sys.stderr)
+            return 1
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out.relative_to(root)}")
+    return 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import poison_kv_cache
 
 from tunekit.data.template import prompt_ids
-from tunekit.infer import cache
 from tunekit.infer import decode as gen
 from tunekit.infer.cache import SharedPrefix, common_prefix
 from tunekit.infer.greedy import greedy_answers, greedy_batch
@@ -50,14 +50,7 @@ def small_pieces(monkeypatch):
     before it is written (or zeroed, for padding) turns answers into garbage."""
     monkeypatch.setattr(gen, "HEAD_CHUNK", 64)
     monkeypatch.setattr(gen, "PREFILL_OVERHEAD", 0)
-    allocate = cache._SlabLayer._allocate
-
-    def poisoned(self, k, v):
-        allocate(self, k, v)
-        self.k_buf.fill_(float("nan"))
-        self.v_buf.fill_(float("nan"))
-
-    monkeypatch.setattr(cache._SlabLayer, "_allocate", poisoned)
+    poison_kv_cache(monkeypatch)
 
 
 def _generate(model, prompts, n, stop, pad):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from browser import Browser, Tab, chromium
+from browser import Browser, Tab
 from test_report import fake_run
 
 from tunekit.eval.report import build_report
@@ -24,14 +24,6 @@ def open_page(browser: Browser, path: Path) -> dict:
             "text": tab.evaluate("document.body.innerText")}
     tab.close()
     return {**page, "errors": tab.errors(), "requests": tab.requests()}
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("chromium")
-    b = Browser(chromium(), tmp / "profile", tmp / "chromium.log")
-    yield b
-    b.close()
 
 
 @pytest.mark.parametrize("primary", ["fact_accuracy", "token_f1"])

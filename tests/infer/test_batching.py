@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import poison_kv_cache
 from serve_builders import peft_on
 
 from tunekit.data.template import prompt_ids
-from tunekit.infer import cache
 from tunekit.infer.adapters import Adapters
 from tunekit.infer.cache import SharedPrefix
 from tunekit.infer.decode import Batch, Row
@@ -31,15 +31,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(autouse=True)
 def poisoned_cache(monkeypatch):
-    """Cache buffers start as NaN: a column read before it is written (or zeroed, for padding) spoils the answer."""
-    allocate = cache._SlabLayer._allocate
-
-    def poisoned(self, k, v):
-        allocate(self, k, v)
-        self.k_buf.fill_(float("nan"))
-        self.v_buf.fill_(float("nan"))
-
-    monkeypatch.setattr(cache._SlabLayer, "_allocate", poisoned)
+    poison_kv_cache(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,7 @@ import json
 
 import pytest
 from api_server import heldout_file, train_file, wait_job
-from browser import Browser, Tab, chromium
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("chromium")
-    b = Browser(chromium(), tmp / "profile", tmp / "chromium.log")
-    yield b
-    b.close()
+from browser import Tab
 
 
 @pytest.fixture(scope="module")
