@@ -32,7 +32,7 @@ def _resume_flags(p: argparse.ArgumentParser) -> None:
     --nproc-per-node: the same command in N processes on this machine, launched through torchrun."""
     p.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="train in N processes on this machine (one per GPU; on a CPU they share the cores): "
-                        "runs this command under torchrun --standalone. Several machines: see the README")
+                        "runs this command under torchrun --standalone. Several machines: docs/guide/scaling.md")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint of this config (the default; a killed run ends as an uninterrupted one would)")
