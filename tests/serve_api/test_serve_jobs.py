@@ -108,6 +108,25 @@ def test_models_lists_and_resolves_the_tuned_model_for_its_owner_only(server, fi
         assert e.value.status == 404 and e.value.body()["error"]["param"] == "model"
 
 
+def test_chat_with_the_fine_tuned_model_streamed_and_not_gives_the_evals_answers(server, finished):
+    """The tuned model answers through /v1/chat/completions as the eval stage scored it: greedy, the
+    same tokens; streamed, the chunks join to the same text and end with the usage."""
+    c, job = finished["client"], finished["job"]
+    rows = [json.loads(line) for line in (finished["run"] / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for row in rows:
+        messages = [{"role": "user", "content": row["question"]}]
+        reply = c.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=4)
+        assert reply.choices[0].message.content == row["answers"]["tuned"]
+        assert reply.model == job.fine_tuned_model and reply.usage.completion_tokens <= 4
+        chunks = list(c.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=4,
+                                                stream=True, stream_options={"include_usage": True}))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == row["answers"]["tuned"]
+        assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == reply.usage.total_tokens
+    bob = server.client(server.keys["bob"])
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}])
+
+
 def test_result_files_hold_metrics_scores_and_report(server, finished):
     c, job = finished["client"], finished["job"]
     results = {c.files.retrieve(f).filename: f for f in job.result_files}
@@ -209,6 +228,7 @@ def test_a_model_tunekit_cannot_find_fails_the_job_naming_the_model(server, fini
     assert str(server.root) not in job.error.message  # the server's paths mean nothing to the caller
 
 
+# Last in this module: it deletes the tuned model that the tests above call.
 def test_deleting_the_tuned_model_keeps_the_job_and_its_results(server, finished, tiny_model_dir):
     c, job = finished["client"], finished["job"]
     with pytest.raises(openai.PermissionDeniedError):
@@ -224,22 +244,3 @@ def test_deleting_the_tuned_model_keeps_the_job_and_its_results(server, finished
     assert again.status == "succeeded" and again.result_files == job.result_files
     assert c.files.content(job.result_files[0]).content
     assert c.files.delete(finished["train"].id).deleted  # its job has finished: the file may go
-
-
-def test_chat_with_the_fine_tuned_model_streamed_and_not_gives_the_evals_answers(server, finished):
-    """The tuned model answers through /v1/chat/completions as the eval stage scored it: greedy, the
-    same tokens; streamed, the chunks join to the same text and end with the usage."""
-    c, job = finished["client"], finished["job"]
-    rows = [json.loads(line) for line in (finished["run"] / "eval" / "predictions.jsonl").read_text().splitlines()]
-    for row in rows:
-        messages = [{"role": "user", "content": row["question"]}]
-        reply = c.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=4)
-        assert reply.choices[0].message.content == row["answers"]["tuned"]
-        assert reply.model == job.fine_tuned_model and reply.usage.completion_tokens <= 4
-        chunks = list(c.chat.completions.create(model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=4,
-                                                stream=True, stream_options={"include_usage": True}))
-        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == row["answers"]["tuned"]
-        assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == reply.usage.total_tokens
-    bob = server.client(server.keys["bob"])
-    with pytest.raises(openai.NotFoundError):
-        bob.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}])
