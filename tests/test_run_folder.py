@@ -182,3 +182,16 @@ def test_a_folder_without_an_owner_or_with_this_one_is_claimed_quietly(tmp_path,
         (run / "origin.json").write_text(json.dumps({"config_file": str(cfg_file.resolve())}))
     runfolder.claim(run, cfg_file, Config.model_validate({"name": "run", "data": {"train": "t.jsonl"}}))
     assert json.loads((run / "origin.json").read_text())["config_file"] == str(cfg_file.resolve())
+
+
+def test_a_run_resumed_after_its_last_step_reports_its_final_training_loss(tmp_path, tiny_model_dir):
+    """Killed between the last checkpoint and train_state.json: the rerun runs no step, and the
+    report's final training loss comes from the checkpoint, not NaN."""
+    path = _config(tmp_path, tiny_model_dir)
+    assert _train(tmp_path, path) == 0
+    run = tmp_path / "runs" / "tiny"
+    before = json.loads((run / "train_state.json").read_text())["final_train_loss"]
+    (run / "train_state.json").unlink()
+    (run / ".stages" / "train.json").unlink()
+    assert _train(tmp_path, path) == 0
+    assert json.loads((run / "train_state.json").read_text())["final_train_loss"] == before

@@ -299,13 +299,14 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
 
     def save(step: int) -> Path:
         best = heldout.best_step if cfg.train.keep_best else None  # pruning never removes it
-        kept = {"tokens_seen": tokens_seen, "config_hash": config_hash, "best": best, "heldout": heldout.state()}
+        kept = {"tokens_seen": tokens_seen, "config_hash": config_hash, "best": best, "heldout": heldout.state(),
+                "train_loss": loss}  # a run resumed after its last step reports it
         writer = checkpoint.save if ranks is None else checkpoint_dcp.save
         return writer(ckpt_root, step, model, optimizer, scheduler, kept, cfg.train.keep_last, scaler)
 
     hardware.agree(check_checkpoint_space, cfg, ckpt_root, model, optimizer)
     pack_to = cfg.data.max_length if cfg.data.packing else None
-    t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float("nan"), None, start
+    t0, tokens_at_start, loss, valid_loss, done = time.time(), tokens_seen, float(state.get("train_loss", "nan")), None, start
     with Bar("train", plan.total_steps) as bar, _metrics_log(main, metrics_path, _tensorboard_dir(cfg, run_dir)) as log, \
             stopping.deferred() as stop:
         if start:
