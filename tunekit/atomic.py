@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 
+def is_there(path: Path, test: str = "is_file") -> bool:
+    """`path.is_file()` (or `exists`, `is_dir`), False for a name the file system cannot even look up
+    (longer than it takes): a user's path that is not there, not a crash."""
+    try:
+        return getattr(path, test)()
+    except (OSError, ValueError):
+        return False
+
+
 def free_bytes(folder: str | Path) -> int:
     """Free bytes (for this user) on the disk that holds `folder`, or would hold it once made."""
     folder = Path(folder).absolute()

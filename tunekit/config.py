@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunekit.atomic import is_there
 from tunekit.data.chat_templates import is_path_setting
 from tunekit.errors import ConfigError
 
@@ -391,11 +392,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Pa
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            found = path.is_file()
-        except (OSError, ValueError):  # a name longer than the file system takes
-            found = False
-        if not found:
+        if not is_there(path):
             raise ConfigError(f"config file {_short(str(path))} not found")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

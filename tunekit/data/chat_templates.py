@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunekit.atomic import is_there
 from tunekit.errors import ConfigError
 
 
@@ -92,11 +93,7 @@ def apply_template(tokenizer, setting: str = "auto", source: str = "the model") 
                               f"give a Jinja file (model.chat_template: path/to/template.jinja)")
         return name
     path = Path(setting).expanduser()
-    try:
-        found = path.is_file()
-    except (OSError, ValueError):  # a name longer than the file system takes
-        found = False
-    if not found:
+    if not is_there(path):
         raise ConfigError(f"model.chat_template {setting!r} is neither one of {', '.join(SETTINGS)} nor a Jinja file")
     try:
         tokenizer.chat_template = path.read_text(encoding="utf-8")

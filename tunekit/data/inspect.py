@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from tunekit.atomic import is_there
 from tunekit.config import Source
 from tunekit.data import dedup
 from tunekit.data.documents import special_ids
@@ -104,11 +105,7 @@ def inspect_data(path: str | Path, tokenizer, *, fmt: str = "auto", columns: dic
         raise ConfigError(f"max_length must be >= 1 (got {max_length}), epochs > 0 (got {epochs}) "
                           f"and near_dup_threshold in (0, 1] (got {near_dup_threshold})")
     root = Path(path)
-    try:
-        found = root.exists()
-    except (OSError, ValueError):  # a name longer than the file system takes
-        found = False
-    if not found:
+    if not is_there(root, "exists"):
         raise DataError(f"{root} not found; give a data file (JSONL, JSON, CSV, Parquet, text) or a folder of them")
     scan = _Scan(tokenizer, root, train_on, max_length, random.Random(seed))
     formats: Counter = Counter()
