@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,40 @@ def join_process_group() -> bool:
         torch.cuda.set_device(device)
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     timeout = timedelta(seconds=_env_int("TUNEKIT_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-    dist.init_process_group(backend, init_method="env://", timeout=timeout)
+    store = _attempt_store(timeout)
+    if store is None:
+        dist.init_process_group(backend, init_method="env://", timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, rank=rank(), world_size=world_size(), timeout=timeout)
     return True
+
+
+def _attempt_store(timeout):
+    """The store this attempt's processes meet in, when torchrun's own store needs a prefix; else None.
+
+    torchrun (torch 2.13) hands its processes the agent's TCPStore and keeps that same store
+    across `--max-restarts`, while torch.distributed names its keys as if every attempt had a
+    fresh one. After a restart a process can read the address a dead process of the attempt
+    before published, and the group fails ("connectFullMesh failed ... Connection refused"):
+    on this 2-core machine 1 restart in 4, and in CI one hung past 5 minutes (pytorch#167288 is
+    the same on nccl). With one torchrun agent every process of an attempt has the same
+    TORCHELASTIC_RESTART_COUNT, so the attempt becomes a key prefix. Agents on several machines
+    count restarts separately, so there the fix is torchrun's own opt-out, which gives every
+    attempt a new store: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on every machine (said once)."""
+    import torch.distributed as dist
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _env_int("TORCHELASTIC_MAX_RESTARTS", 0) == 0:
+        return None  # a new store per attempt, or no second attempt
+    if _env_int("GROUP_WORLD_SIZE", 1) > 1:
+        if is_main() and _env_int("TORCHELASTIC_RESTART_COUNT", 0) == 0:
+            print("tunekit: warning: torchrun --max-restarts over several machines shares one store across "
+                  "attempts, and a restarted job can fail to reconnect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                  "on every machine before torchrun", file=sys.stderr)
+        return None
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size(),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"tunekit/attempt-{attempt}", agent)
 
 
 def leave_process_group() -> None:
