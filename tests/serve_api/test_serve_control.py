@@ -30,6 +30,8 @@ def test_pause_resume_and_cancel_mid_run_keep_the_checkpoints(server, tiny_model
         return bool(saved) and max(metrics_steps(run), default=0) > saved[-1]
 
     _wait(past_a_checkpoint, "a checkpoint with training past it", server)
+    _wait(lambda: c.fine_tuning.jobs.retrieve(job.id).estimated_finish is not None, "an estimated finish", server)
+    assert c.fine_tuning.jobs.retrieve(job.id).estimated_finish >= int(time.time()) - 1
 
     # One job trains; one more may wait (--max-queue 1); a third is refused, and not retried.
     waiting = c.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=f.id)
@@ -47,6 +49,7 @@ def test_pause_resume_and_cancel_mid_run_keep_the_checkpoints(server, tiny_model
     stopped = max(metrics_steps(run))
     assert checkpoint_steps(run)[-1] == stopped  # saved at the step boundary where it stopped
     assert c.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert c.fine_tuning.jobs.retrieve(job.id).estimated_finish is None  # only a running job has one
     with pytest.raises(openai.BadRequestError) as e:
         c.fine_tuning.jobs.pause(job.id)
     assert e.value.code == "invalid_job_status"

@@ -54,13 +54,33 @@ def run_dir(settings: Settings, job_id: str) -> Path:
 def job_object(job: dict) -> dict:
     hp = job["hyperparameters"]
     return {"id": job["id"], "object": "fine_tuning.job", "created_at": job["created_at"],
-            "finished_at": job["finished_at"], "estimated_finish": None, "model": job["model"],
+            "finished_at": job["finished_at"],
+            "estimated_finish": job.get("estimated_finish") if job["status"] == "running" else None, "model": job["model"],
             "fine_tuned_model": job["fine_tuned_model"], "organization_id": job["owner"], "status": job["status"],
             "error": job["error"], "hyperparameters": hp,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}, "seed": job["seed"],
             "result_files": job["result_files"], "trained_tokens": job["trained_tokens"],
             "training_file": job["training_file"], "validation_file": job["validation_file"], "integrations": [],
             "metadata": job["metadata"], "user_provided_suffix": job["suffix"]}
+
+
+def estimated_finish(rows: list[dict], epochs: float, now: float) -> int | None:
+    """When training should end, as a Unix time: the epochs left at the pace of the latest
+    stretch of metrics rows; None before two rows. A resumed run restarts its clock
+    (elapsed_s falls), so the pace is measured since the last restart. Training only: the
+    eval after it is not counted (OpenAI's field is an estimate too)."""
+    stretch = rows[-1:]
+    for row in reversed(rows[:-1]):
+        if row.get("elapsed_s") is None or row["elapsed_s"] >= stretch[0]["elapsed_s"]:
+            break
+        stretch.insert(0, row)
+    if len(stretch) < 2:
+        return None
+    first, last = stretch[0], stretch[-1]
+    pace = (last["epoch"] - first["epoch"]) / (last["elapsed_s"] - first["elapsed_s"])  # epochs per second
+    if pace <= 0:
+        return None
+    return round(now + max(epochs - last["epoch"], 0.0) / pace)
 
 
 def _number(value, param: str, integer: bool):

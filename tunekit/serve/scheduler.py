@@ -245,7 +245,8 @@ class Scheduler:
         w.tailed_at = time.monotonic()
         run = jobs.run_dir(self.settings, w.job_id)
         # A resumed run rewrites the steps after its checkpoint with the same values: each step once.
-        rows = [r for r in read_metrics(run / "metrics.jsonl") if r["step"] > job["metrics_step"]]
+        every = read_metrics(run / "metrics.jsonl")
+        rows = [r for r in every if r["step"] > job["metrics_step"]]
         done = {p.stem for p in (run / ".stages").glob("*.json")}
         stages = [st for st in STAGES if st in done and st not in w.stages]
         if not rows and not stages:
@@ -259,7 +260,8 @@ class Scheduler:
                     f", validation loss={r['valid_loss']}" if r.get("valid_loss") is not None else "")
                 store.add_event(db, w.job_id, shown, type="metrics", data=data)
             if rows:
-                store.update(db, "jobs", w.job_id, {"metrics_step": rows[-1]["step"]})
+                finish = jobs.estimated_finish(every, job["config"]["train"]["epochs"], time.time())
+                store.update(db, "jobs", w.job_id, {"metrics_step": rows[-1]["step"], "estimated_finish": finish})
             for stage in stages:
                 store.add_event(db, w.job_id, f"Stage {stage} done")
         w.stages.update(stages)

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   training_file TEXT NOT NULL, validation_file TEXT, hyperparameters TEXT NOT NULL, seed INTEGER NOT NULL,
   suffix TEXT, metadata TEXT, config TEXT NOT NULL, fine_tuned_model TEXT, model_deleted INTEGER NOT NULL DEFAULT 0,
   error TEXT, result_files TEXT NOT NULL DEFAULT '[]', trained_tokens INTEGER,
-  started_at INTEGER, finished_at INTEGER, pid INTEGER, metrics_step INTEGER NOT NULL DEFAULT 0);
+  started_at INTEGER, finished_at INTEGER, pid INTEGER, metrics_step INTEGER NOT NULL DEFAULT 0,
+  estimated_finish INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS events (
   created_at INTEGER NOT NULL, level TEXT NOT NULL, type TEXT NOT NULL, message TEXT NOT NULL, data TEXT);
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
 """
+# Columns added to SCHEMA after its first release: (table, column, type).
+_ADDED = (("jobs", "estimated_finish", "INTEGER"),)
 _JSON = ("hyperparameters", "metadata", "error", "result_files", "checks", "data", "config")
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -80,6 +83,9 @@ def init(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True)
     with connect(root) as db:
         db.executescript(SCHEMA)
+        for table, column, kind in _ADDED:  # a database made by an older tunekit gains them
+            if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 @contextlib.contextmanager
