@@ -27,6 +27,14 @@ def test_max_length_beyond_the_models_context_exits_2_naming_both(command, tiny_
     assert not (tmp_path / "runs").exists()  # rejected before anything was written
 
 
+def test_train_before_prepare_says_to_prepare(tiny_model_dir, tmp_path, offline_home, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path, tiny_model_dir, 10))
+    assert main(["train", str(cfg), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "the prepare stage has not run for this run; run `tunekit prepare` with this config first" in err, err
+    assert "Traceback" not in err
+
+
 def test_max_length_at_the_models_context_is_accepted(tiny_model_dir, tmp_path, offline_home):
     limit = _tiny_limit(tiny_model_dir)
     cfg = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path, tiny_model_dir, 10, data={"max_length": limit}))

@@ -190,6 +190,11 @@ def _before_stage(cfg: Config, run_dir: Path, stage: str, force: bool, resume: b
         raise ConfigError("export.formats is empty; set it, e.g. `export.formats=[adapter, merged]`")
     if stage in _USES_MODEL:
         check_model_limits(cfg)
+    if stage == "train" and not (run_dir / "data" / "train.jsonl").is_file():
+        from tunekit.errors import DataError
+
+        raise DataError(f"{run_dir / 'data' / 'train.jsonl'} is missing: the prepare stage has not run for this run; "
+                        "run `tunekit prepare` with this config first, or `tunekit run` for every stage")
     replaced = replaced_outputs(cfg, run_dir, stage, force, resume)
     if replaced:
         kept = runfolder.set_aside(run_dir, replaced, runfolder.previous_key(run_dir))
