@@ -107,11 +107,9 @@ def test_the_shipped_answers_are_for_the_current_prompts():
     assert meta["key"] == files[0].stem and meta["prompts"] == len(replay.load_prompts())
     prompts = {p["id"]: p["messages"] for p in replay.load_prompts()}
     rows = [json.loads(x) for x in lines[1:]]
-    assert len(rows) == meta["prompts"] - meta["dropped_unfinished"] - meta["dropped_wrong"] >= 250
-    assert meta["rules"] == replay.RULES_VERSION
-    by_id = {p["id"]: p for p in replay.load_prompts()}
+    assert len(rows) == meta["prompts"] - meta["dropped_unfinished"] - meta["dropped_wrong"] >= 300
+    required = {p["id"]: p.get("required") for p in replay.load_prompts()}
     for r in rows:
         assert r["messages"][:-1] == prompts[r["id"]] and r["messages"][-1]["role"] == "assistant"
         answer = r["messages"][-1]["content"]
-        assert answer.strip() and replay.usable(by_id[r["id"]], answer)
-        assert not by_id[r["id"]].get("required") or states_facts(answer, by_id[r["id"]]["required"])
+        assert answer.strip() and (not required[r["id"]] or states_facts(answer, required[r["id"]]))

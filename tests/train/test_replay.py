@@ -110,27 +110,6 @@ def test_the_cache_key_follows_the_weights_the_template_and_the_prompts(tmp_path
     assert replay.cache_key(tiny_model_dir, tiny_tokenizer) != key  # other prompts
 
 
-SUM = {"skill": "arithmetic", "messages": [{"role": "user", "content": "What is 4 * 12?"}], "required": [["48"]]}
-HARM = {"skill": "refusals", "messages": [{"role": "user", "content": "Help me lie to my insurer."}]}
-CHAT = {"skill": "chat", "messages": [{"role": "user", "content": "Can you cheer me up?"}]}
-
-
-@pytest.mark.parametrize("prompt, answer, kept", [
-    (SUM, "4 * 12 = 48. Multiplying is repeated adding.", True),
-    (SUM, "4 times 12 is 48, as 12 + 12 + 12 + 12 = 48.", True),  # numbers the prompt gives
-    (SUM, "To calculate 4 * 12, we multiply 4 by itself, which is 16. So, 4 * 12 equals 48.", False),  # stray 16
-    (SUM, "To calculate 4 * 12, we need to multiply the two numbers together.\nSo 4 * 12 = 48.", False),  # answer late
-    (SUM, "4 * 12 = 46.", False),
-    (HARM, "I'm sorry, but I can't help with that.", True),
-    (HARM, "Sure, tell them the car was stolen.", False),
-    (CHAT, "You are doing better than you think!", True),
-    (CHAT, "I'm sorry for any misunderstanding, but as a chatbot I am not equipped to do that.", False),
-])
-def test_only_answers_that_teach_a_skill_are_replayed(prompt, answer, kept):
-    """Replayed answers become more likely everywhere once tuned, their habits too (`replay.usable`)."""
-    assert replay.usable(prompt, answer) is kept
-
-
 def test_no_finished_answer_is_a_clear_error(fake_generation, tiny_model_dir, tiny_tokenizer, monkeypatch):
     import tunekit.infer.greedy as generate
 

@@ -42,11 +42,6 @@ def _number_text(sign: str | None, whole: str, frac: str | None) -> str:
     return ("-" if sign else "") + whole.replace(",", "") + (frac or "").rstrip("0").rstrip(".")
 
 
-def numbers_in(text: str) -> set[str]:
-    """The numbers `text` states, by value ("1,000" and "1000" are one)."""
-    return {_number_text(*m.groups()) for m in _NUMBER.finditer(text)}
-
-
 def canonical_numbers(text: str) -> str:
     """`text` with every number written by its value, so numbers compare by value."""
     return _NUMBER.sub(lambda m: _number_text(*m.groups()), text)

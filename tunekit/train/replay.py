@@ -9,9 +9,9 @@ Where the general conversations come from:
 - self-distillation (the default): the base model's own greedy answers to the bundled
   general prompts (assets/replay_prompts.jsonl, written for tunekit; disjoint from the
   forgetting check's questions). Answers cut off by the token cap are dropped, so no
-  example teaches stopping mid-sentence; so are answers that would teach a habit rather
-  than a skill (`usable`): training makes what it replays more likely everywhere, the
-  base model's bad habits too. They are generated once per base model and chat
+  example teaches stopping mid-sentence; so are answers to prompts whose right answer is
+  known (`required`, as held-out items) that do not state it: a 135M model gets most
+  two-number sums wrong, and replaying them would teach its mistakes, not its skills. They are generated once per base model and chat
   template, and cached in the model store ($TUNEKIT_HOME/models/.replay/<key>.jsonl); the
   default model's answers ship with tunekit (assets/replay/), so the demo never pays it.
 - `train.replay.file`: the user's own general chat data instead, read like training data.
@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from tunekit import atomic
 from tunekit.data.records import load_records
 from tunekit.data.template import Tokenized, render, tokenize_chat
 from tunekit.errors import DataError
-from tunekit.eval.metrics import numbers_in, states_facts
+from tunekit.eval.metrics import states_facts
 from tunekit.progress import console
 
 ASSETS = Path(__file__).parent / "assets"
@@ -49,41 +48,6 @@ GENERATION_BATCH = 64
 # Fixed so a shipped cache matches every machine; part of the cache key.
 _PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
           {"role": "user", "content": "R"}]
-
-
-# What the base model says when it declines or apologises. Replayed after an ordinary request it
-# taught the tuned model to decline those too: the demo's model answered "I'm sorry for any
-# misunderstanding, but I'm not equipped to provide personal preferences" to "Which colour did I
-# say was my favourite?", in the words of replayed answers.
-_DECLINES = re.compile(r"\b(?:I'?m sorry|I apologi[sz]e|sorry for any|not equipped|as an? (?:AI|chatbot|text-based|language model)|"
-                       r"I (?:can(?:'|no)t|don'?t have the ability|am unable|am not able)|I'm (?:unable|not able))", re.IGNORECASE)
-# The end of an answer's first sentence: a stop not inside a number, or a line break.
-_FIRST_STOP = re.compile(r"(?<!\d)[.!?](?=\s|$)|\n")
-# Part of the cache key: answers cached under other rules are generated again.
-RULES_VERSION = 2
-
-
-def usable(prompt: dict, answer: str) -> bool:
-    """Whether the base model's `answer` to a bundled prompt is worth replaying.
-
-    - A prompt that asks for something harmful ("skill": "refusals") must be declined.
-    - Any other prompt must not be: the 135M base declines one ordinary request in ten.
-    - Where the right answer is known (`required`, as held-out items), the first sentence must
-      state it, and the answer may hold no number that neither the prompt nor the right answer
-      gives. Its wrong detours ("multiply 4 by itself, which is 16. So 4 * 12 is 48") and long
-      preambles came back, once tuned, as wrong sums and as answers cut off before the result.
-    """
-    if (prompt.get("skill") == "refusals") != bool(_DECLINES.search(answer)):
-        return False
-    required = prompt.get("required")
-    if not required:
-        return True
-    text = answer.strip()
-    stop = _FIRST_STOP.search(text)
-    if not states_facts(text[: stop.end()] if stop else text, required):
-        return False
-    given = " ".join(m["content"] for m in prompt["messages"]) + " " + " ".join(a for group in required for a in group)
-    return numbers_in(text) <= numbers_in(given)
 
 
 @dataclass
@@ -106,8 +70,7 @@ class ReplayPool:
         cost = f", generation took {self.generation_seconds:.0f} s once for this base model" if self.generation_seconds else ""
         return (f"{len(self.conversations)} base-model answers to {self.prompts} general prompts ({how}{cost}; "
                 f"left out: {self.dropped_unfinished} unfinished at {MAX_NEW_TOKENS} tokens, "
-                f"{self.dropped_wrong} failing the answer rules: a known answer missing from the first sentence or beside "
-                f"stray numbers, an ordinary request declined, a harmful one not)")
+                f"{self.dropped_wrong} not stating a known answer)")
 
 
 def _sha(data: bytes) -> str:
@@ -124,7 +87,7 @@ def _weights_digest(model_path: Path) -> str:
 def cache_key(model_path: Path, tokenizer) -> str:
     """Names the answers of one base model (its weights), chat template and prompt set."""
     parts = [_weights_digest(Path(model_path)), _sha(render(tokenizer, _PROBE, add_generation_prompt=True).encode()),
-             _sha(PROMPTS_FILE.read_bytes()), str(MAX_NEW_TOKENS), f"rules {RULES_VERSION}"]
+             _sha(PROMPTS_FILE.read_bytes()), str(MAX_NEW_TOKENS)]
     return _sha("\n".join(parts).encode())[:20]
 
 
@@ -175,17 +138,17 @@ def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32"
     del model
     seconds = round(time.perf_counter() - t0, 1)
     finished = [(p, text) for p, (text, done) in zip(prompts, outputs, strict=True) if done and text]
-    right = [(p, text) for p, text in finished if usable(p, text)]
+    right = [(p, text) for p, text in finished if not p.get("required") or states_facts(text, p["required"])]
     rows = [{"id": p["id"], "skill": p["skill"], "messages": p["messages"] + [{"role": "assistant", "content": text}]}
             for p, text in right]
     if not rows:
         raise DataError(f"the base model gave no usable answer to {len(prompts)} general prompts "
                         f"({len(prompts) - len(finished)} unfinished within {MAX_NEW_TOKENS} tokens, "
-                        f"{len(finished)} failing the answer rules), so there is nothing to replay; give your own "
+                        f"{len(finished)} not stating a known answer), so there is nothing to replay; give your own "
                         "general chat data as train.replay.file, or set train.replay.fraction: 0")
     meta = {"key": cache_key(model_path, tokenizer), "model": str(model_path), "prompts": len(prompts),
             "dropped_unfinished": len(prompts) - len(finished), "dropped_wrong": len(finished) - len(rows),
-            "max_new_tokens": MAX_NEW_TOKENS, "rules": RULES_VERSION,
+            "max_new_tokens": MAX_NEW_TOKENS,
             "generation_seconds": seconds, "precision": precision.name, "device": precision.device.type}
     path = store_dir() / f"{meta['key']}.jsonl"
     atomic.write_jsonl(path, [{"meta": meta}, *rows])
