@@ -148,6 +148,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--examples", type=int, default=24, help="training examples of the bench's job")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                    help="`tunekit serve --precision` (default: none given, each model's own)")
     ap.add_argument("--out", default="serve_load_http")
     args = ap.parse_args()
     from openai import OpenAI
@@ -158,7 +160,8 @@ def main() -> None:
                          text=True).stdout.strip().splitlines()[-1]
     port = _free_port()
     log = open(work / "server.log", "wb")
-    server = subprocess.Popen(TUNEKIT + ["serve", "--port", str(port), "--job-defaults", str(work / "job.yaml")],
+    chosen = ["--precision", args.precision] if args.precision else []
+    server = subprocess.Popen(TUNEKIT + ["serve", "--port", str(port), "--job-defaults", str(work / "job.yaml"), *chosen],
                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -183,9 +186,10 @@ def main() -> None:
               "one_at_a_time": {k: v for k, v in serial.items() if k != "answers"},
               "speedup": round(batched["tokens_per_s"] / max(serial["tokens_per_s"], 1e-9), 2),
               "identical_answers": same, "differing_answers": differing,
-              # The base answers in the precision `auto` picks here, and a run in the one it trained in:
-              # in bf16 a row's rounding depends on its batch; in fp32 batching changes no answer (tests/infer).
-              "precision": os.environ.get("TUNEKIT_BENCH_PRECISION_NOTE")}
+              # Without --precision the base answers in the precision `auto` picks here, and a run in the
+              # one it trained in: in bf16 a row's rounding depends on its batch; in fp32 batching
+              # changes no answer (tests/infer).
+              "precision": args.precision or os.environ.get("TUNEKIT_BENCH_PRECISION_NOTE")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -296,6 +296,9 @@ def _server_parsers(sub) -> None:
     srv.add_argument("--workers", type=int, default=1, help="jobs that train at the same time (default: 1; others queue)")
     srv.add_argument("--max-upload-mb", type=float, default=512, help="largest upload in MB; larger ones get 413 (default: 512)")
     srv.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; one more gets 429 (default: 64)")
+    srv.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                     help="compute precision of chat completions (default: each model's own: a tuned model's run "
+                          "precision, else auto). fp32: a request's greedy answer is the same alone or in a batch")
     srv.add_argument("--job-defaults", metavar="YAML",
                      help="a tunekit config without data whose settings every job starts from (LoRA rank, eval, ...)")
     keys = sub.add_parser("keys", help="API keys for `tunekit serve`").add_subparsers(dest="keys_command", required=True)
@@ -309,7 +312,7 @@ def _server_parsers(sub) -> None:
 def _cmd_serve(args) -> int:
     from tunekit.serve.server import serve
 
-    serve(args.host, args.port, args.workers, args.max_upload_mb, args.max_queue, args.job_defaults)
+    serve(args.host, args.port, args.workers, args.max_upload_mb, args.max_queue, args.job_defaults, args.precision)
     return 0
 
 

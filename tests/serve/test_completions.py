@@ -139,3 +139,14 @@ def test_unknown_fields_are_accepted_and_developer_is_a_system_message(served):
     developer = complete(served["base"], ask(messages=[{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
                                                        *user()], user="someone", metadata={"a": "b"}))
     assert developer["choices"][0]["message"] == system["choices"][0]["message"]
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", "torch.bfloat16"), ("fp32", "torch.float32")])
+def test_serve_precision_sets_every_models_compute_precision(lively_dir, precision, dtype):
+    """`tunekit serve --precision`: one precision for every model, over each model's own."""
+    pool = EnginePool(window_s=0.005, precision=precision)
+    try:
+        served = pool.get(resolve_target(str(lively_dir)), "base")
+        assert {str(p.dtype) for p in served.engine.model.parameters()} == {dtype}
+    finally:
+        pool.close()

@@ -41,8 +41,12 @@ class Served:
 class EnginePool:
     """Engines by base model, made on first use; `get` is safe from many threads."""
 
-    def __init__(self, max_batch: int = 16, adapter_cap: int = 8, window_s: float = 0.01):
+    def __init__(self, max_batch: int = 16, adapter_cap: int = 8, window_s: float = 0.01, precision: str | None = None):
+        """`precision` ("auto", "fp32", ...) for every model; None: each model's own (`answer_precision`).
+        In bf16 a batch's shapes change the rounding, and a greedy answer can differ from the one
+        the same request gets alone; fp32 keeps them equal (bench/results/serve_load*.json)."""
         self.max_batch, self.adapter_cap, self.window_s = max_batch, adapter_cap, window_s
+        self.precision = precision
         self._engines: dict[tuple, Engine] = {}
         self._tokenizers: dict[tuple, object] = {}
         self._lock = threading.Lock()
@@ -52,7 +56,7 @@ class EnginePool:
         names), loading the base and the tokenizer on first use; the adapter loads on first request."""
         from tunekit.models.loading import load_tokenizer
 
-        dtype, precision = answer_dtype(target), answer_precision(target)
+        dtype, precision = answer_dtype(target), answer_precision(target, self.precision)
         key = (target.model.resolve(), dtype, precision.name)
         with self._lock:
             tok_key = (Path(target.tokenizer).resolve(), target.chat_template)

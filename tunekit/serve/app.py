@@ -203,7 +203,7 @@ def create_app(settings: Settings, run_jobs: bool = True) -> FastAPI:
 
     from tunekit.infer.pool import EnginePool
 
-    engines = EnginePool()
+    engines = EnginePool(precision=settings.precision)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

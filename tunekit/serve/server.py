@@ -8,7 +8,7 @@ from tunekit.errors import ConfigError
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_upload_mb: float = 512,
-          max_queue: int = 64, job_defaults: str | Path | None = None) -> None:
+          max_queue: int = 64, job_defaults: str | Path | None = None, precision: str | None = None) -> None:
     """Serve until stopped (Ctrl-C or SIGTERM: running jobs save a checkpoint and are queued again)."""
     import uvicorn
 
@@ -24,7 +24,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_uploa
         raise ConfigError(f"--max-upload-mb {max_upload_mb}: give a size above 0")
     root = store.serve_home()
     settings = Settings(root=root, workers=workers, max_queue=max_queue, max_upload_bytes=int(max_upload_mb * 2**20),
-                        defaults=load_defaults(job_defaults))
+                        defaults=load_defaults(job_defaults), precision=precision)
     store.init(root)
     live = [k for k in keys.list_keys(root) if k["revoked_at"] is None]
     shown = "0.0.0.0" if host in ("", "0.0.0.0") else host

@@ -27,6 +27,7 @@ class Settings:
     defaults: dict = field(default_factory=dict)
     poll_s: float = 0.25  # how often the scheduler looks at the queue and the running jobs
     stop_grace_s: float = 30.0  # SIGTERM (a checkpoint at the next step boundary), then SIGKILL after this
+    precision: str | None = None  # chat completions' compute precision; None: each model's own (infer/load.py)
 
 
 def load_defaults(path: str | Path | None) -> dict:
