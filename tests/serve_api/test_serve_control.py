@@ -21,8 +21,8 @@ def _messages(client, job_id: str) -> str:
 def test_pause_resume_and_cancel_mid_run_keep_the_checkpoints(server, tiny_model_dir, tmp_path):
     c = server.client(server.keys["alice"])
     f = c.files.create(file=train_file(tmp_path, 300).open("rb"), purpose="fine-tune")
-    # ~180 steps: the job is still training when each control call lands.
-    job = c.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=f.id, seed=1, hyperparameters={"n_epochs": 4})
+    # ~540 steps, over 10 s here: the job is still training when each control call lands.
+    job = c.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=f.id, seed=1, hyperparameters={"n_epochs": 12})
     run = server.run_dir(job.id)
 
     def past_a_checkpoint() -> bool:

@@ -64,9 +64,9 @@ def job_object(job: dict) -> dict:
             "metadata": job["metadata"], "user_provided_suffix": job["suffix"]}
 
 
-def estimated_finish(rows: list[dict], epochs: float, now: float) -> int | None:
-    """When training should end, as a Unix time: the epochs left at the pace of the latest
-    stretch of metrics rows; None before two rows. A resumed run restarts its clock
+def estimated_finish(rows: list[dict], epochs: float, at: float) -> int | None:
+    """When training should end, as a Unix time: the epochs left after the newest metrics row
+    (written at time `at`) at the pace of the latest stretch of rows; None before two rows. A resumed run restarts its clock
     (elapsed_s falls), so the pace is measured since the last restart. Training only: the
     eval after it is not counted (OpenAI's field is an estimate too)."""
     stretch = rows[-1:]
@@ -80,7 +80,7 @@ def estimated_finish(rows: list[dict], epochs: float, now: float) -> int | None:
     pace = (last["epoch"] - first["epoch"]) / (last["elapsed_s"] - first["elapsed_s"])  # epochs per second
     if pace <= 0:
         return None
-    return round(now + max(epochs - last["epoch"], 0.0) / pace)
+    return round(at + max(epochs - last["epoch"], 0.0) / pace)
 
 
 def _number(value, param: str, integer: bool):

@@ -139,6 +139,13 @@ def recover(settings: Settings) -> None:
             store.update(db, "jobs", job["id"], values)
 
 
+def _mtime(path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
 class Scheduler:
     """The thread described in the module docstring; `start()` once, `stop()` at shutdown."""
 
@@ -249,7 +256,10 @@ class Scheduler:
         rows = [r for r in every if r["step"] > job["metrics_step"]]
         done = {p.stem for p in (run / ".stages").glob("*.json")}
         stages = [st for st in STAGES if st in done and st not in w.stages]
-        if not rows and not stages:
+        # Timed from the file's last write (its newest row), so it moves only when training does;
+        # a resume truncates the file, so a paused job's old estimate is replaced at once.
+        finish = jobs.estimated_finish(every, job["config"]["train"]["epochs"], _mtime(run / "metrics.jsonl"))
+        if not rows and not stages and finish == job.get("estimated_finish"):
             return
         with store.transaction(db):
             for r in rows:
@@ -259,9 +269,7 @@ class Scheduler:
                 shown = f"Step {r['step']}: training loss={r.get('loss')}" + (
                     f", validation loss={r['valid_loss']}" if r.get("valid_loss") is not None else "")
                 store.add_event(db, w.job_id, shown, type="metrics", data=data)
-            if rows:
-                finish = jobs.estimated_finish(every, job["config"]["train"]["epochs"], time.time())
-                store.update(db, "jobs", w.job_id, {"metrics_step": rows[-1]["step"], "estimated_finish": finish})
+            store.update(db, "jobs", w.job_id, {"estimated_finish": finish, **({"metrics_step": rows[-1]["step"]} if rows else {})})
             for stage in stages:
                 store.add_event(db, w.job_id, f"Stage {stage} done")
         w.stages.update(stages)
