@@ -37,7 +37,9 @@ def case(tiny_model_dir, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("distributed")
     # fp32 said, not `auto`: the processes started here do not get the suite's fixture that makes `auto`
     # fp32 (conftest.bf16_slow_here), and bf16 measured faster on a loaded machine now and then.
-    raw = tiny_run_config(tmp, tiny_model_dir, 41, train={"batch_size": 4, "grad_accum": 2, "save_every": 2,
+    # 4 micro-batches a step: 2 processes take 2 whole ones each (distributed.Ranks.share), so skipping
+    # the gradient sync on the first of them is tested.
+    raw = tiny_run_config(tmp, tiny_model_dir, 41, train={"batch_size": 2, "grad_accum": 4, "save_every": 2,
                                                           "keep_last": 5, "log_every": 1, "precision": "fp32"})
     config = write_config(tmp / "tiny.yaml", raw)
     runs = tmp / "reference"

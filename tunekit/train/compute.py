@@ -10,8 +10,9 @@ from tunekit.errors import ConfigError
 from tunekit.hardware import Precision
 
 
-def cast_frozen(model, precision: Precision) -> int:
+def cast_frozen(model, precision: Precision, weights: bool = True) -> int:
     """Keep every frozen parameter of a LoRA-kind model in the autocast dtype; returns how many.
+    `weights=False` (FSDP2, which gathers them in that dtype itself) only switches off the round trip.
 
     Under autocast each fp32 weight is cast to bf16 at every forward, and again when backward
     needs it: for LoRA, whose base weights never change, that is a pass over the whole model per
@@ -31,7 +32,7 @@ def cast_frozen(model, precision: Precision) -> int:
     if precision.dtype is None:
         return 0
     cast = 0
-    for p in model.parameters():
+    for p in model.parameters() if weights else ():
         if not p.requires_grad and p.is_floating_point() and p.dtype != precision.dtype:
             p.data = p.data.to(precision.dtype)
             cast += 1

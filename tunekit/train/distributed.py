@@ -8,12 +8,13 @@ tunekit/hardware.py's; this module is what training adds on top:
   and optimiser state. `auto`: DDP for LoRA kinds, whose gradients are small; for a full fine-tune
   FSDP2 when the memory estimate says a replica does not fit one process.
 - The same update whatever the number of processes: every process builds the same global
-  micro-batches from the same seed (`Plan.micro_batches`, pure in (seed, step)) and keeps
-  every `world`-th example of each (`shard`): no sampler, so no padding by repeated examples and
-  none dropped. The step's supervised tokens are counted across processes (one all_reduce) and
-  each process scales its summed loss by world / global tokens, which undoes the gradient
-  averaging of DDP and FSDP2: the sum of every token's gradient over the whole step, as one
-  process computes it.
+  micro-batches from the same seed (`Plan.micro_batches`, pure in (seed, step)) and computes its
+  share of them (`Ranks.share`): whole micro-batches when a step's count (train.grad_accum)
+  divides among the processes, else every `world`-th example of each (`shard`). No sampler, so
+  no padding by repeated examples and none dropped. The step's supervised tokens are counted
+  across processes (one all_reduce) and each process scales its summed loss by world / global
+  tokens, which undoes the gradient averaging of DDP and FSDP2: the sum of every token's
+  gradient over the whole step, as one process computes it.
 - Gradients are synchronised on the last micro-batch of a step only (`no_sync` for DDP,
   `set_requires_gradient_sync` for FSDP2): it saves traffic and changes nothing else.
 
@@ -25,6 +26,7 @@ gathers the root's shards), and tunekit's loss runs the decoder and the output l
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,17 +71,37 @@ class Ranks:
     def main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> str:
-        return f"{self.world} processes, {self.strategy}: {self.why}"
+    def describe(self, grad_accum: int, batch_size: int) -> str:
+        """The processes, the strategy and why, and how a step is shared (`share`)."""
+        head = f"{self.world} processes, {self.strategy}: {self.why}"
+        if grad_accum % self.world == 0:
+            return f"{head}; each takes whole micro-batches (train.grad_accum {grad_accum}), so the numbers are one process's"
+        k = self.world // math.gcd(grad_accum, self.world)  # the least factor that makes grad_accum divide
+        return (f"{head}; each micro-batch is cut among them: one process's update in fp32, not bit for bit in bf16 "
+                f"(train.grad_accum={grad_accum * k} train.batch_size={max(1, batch_size // k)} keeps the step's size "
+                f"and deals whole micro-batches)")
 
-    def local(self, indices: list[int]) -> tuple[list[int], float]:
-        """This process's examples of one global micro-batch, and their weight in the step.
+    def share(self, micro_batches: list[list[int]]) -> list[tuple[list[int], float]]:
+        """This process's forward and backward passes in one optimiser step: (examples, weight) each.
 
-        A micro-batch smaller than the world leaves some processes without an example; they still
-        run one (the micro-batch's first) with weight 0, as every process must take part in each
-        backward's collectives."""
-        mine = shard(indices, self.rank, self.world)
-        return (mine, 1.0) if mine else (indices[:1], 0.0)
+        When the step's micro-batches divide evenly among the processes, each takes whole ones (the
+        k-th goes to process k % world): the very tensors one process computes, so their gradients
+        are one process's to the bit in any precision, and only the order of the fp32 sums across
+        processes differs. bf16 rounds a matmul's output once, so a micro-batch cut in two would
+        round its halves' gradients apart, and the run would drift from one process's.
+
+        Otherwise every micro-batch is cut among the processes (`shard`): the same examples and the
+        same normalisation, in smaller tensors (equal to one process in fp32, not bit for bit in
+        bf16). A micro-batch smaller than the world leaves some processes without an example; they
+        still run one (the micro-batch's first) with weight 0, as every process must take part in
+        each backward's collectives."""
+        if len(micro_batches) % self.world == 0:
+            return [(mb, 1.0) for mb in micro_batches[self.rank :: self.world]]
+        out = []
+        for indices in micro_batches:
+            mine = shard(indices, self.rank, self.world)
+            out.append((mine, 1.0) if mine else (indices[:1], 0.0))
+        return out
 
     def totals(self, supervised: int, tokens: int, stop: bool) -> tuple[int, int, bool]:
         """The step's supervised tokens and tokens over every process, and whether any was asked to stop
@@ -171,13 +193,16 @@ def decoder_layers(model) -> list[nn.Module]:
     return list(layers)
 
 
-def wrap(model: nn.Module, strategy: str, device: torch.device, why: str) -> Ranks:
+def wrap(model: nn.Module, strategy: str, device: torch.device, why: str,
+         gather_dtype: torch.dtype | None = None) -> Ranks:
     """`model` (already on `device`) wrapped for `strategy` over the whole process group.
 
     The device mesh is always explicit: without one, fully_shard assumes CUDA and fails on a CPU
     (pytorch#132471). FSDP2 shards each decoder block, then the root (embeddings, final norm,
     output layer), as torchtune and accelerate do; build the optimiser after this, over the
-    sharded parameters."""
+    sharded parameters. `gather_dtype`: FSDP2 gathers the weights in it for the forward and
+    backward (the shards and the optimiser stay fp32, gradients are reduced in fp32); a LoRA kind
+    in bf16 passes bf16, so it computes with the bf16 weights one process keeps (compute.cast_frozen)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     world = dist.get_world_size()
@@ -188,11 +213,12 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, why: str) -> Ran
         wrapped = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None,
                                                       device_mesh=mesh, forward_sync_buffers=False)
     else:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        policy = MixedPrecisionPolicy(param_dtype=gather_dtype, reduce_dtype=torch.float32 if gather_dtype else None)
         for layer in decoder_layers(model):
-            fully_shard(layer, mesh=mesh)
-        wrapped = fully_shard(core, mesh=mesh)
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        wrapped = fully_shard(core, mesh=mesh, mp_policy=policy)
     return Ranks(dist.get_rank(), world, strategy, why, wrapped, model)
 
 

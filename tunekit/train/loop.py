@@ -10,7 +10,7 @@ beside this file: compute.py (device, precision, activation checkpointing), held
 checkpoint.py, resume.py, metrics.py (metrics.jsonl, TensorBoard, memory) and plot.py (loss.png).
 
 The same loop runs in each process of a torchrun job (distributed.py: DDP or FSDP2, every
-process computing its share of each global micro-batch; checkpoint_dcp.py: their checkpoints),
+process computing its share of each step's global micro-batches; checkpoint_dcp.py: their checkpoints),
 and computes the update one process computes.
 """
 
@@ -229,14 +229,16 @@ def setup_training(cfg: Config, run_dir: Path, model_path: Path, tokenizer, befo
     # Padded batches are never wider than the longest example; packed rows fill max_length.
     widest = None if cfg.data.packing else max(len(e.input_ids) for e in train_ex)
     strategy = distributed.choose_strategy(cfg, model, precision, widest) if hardware.joined() else None
-    # A full fine-tune saves every weight: none may be rounded. FSDP2 gathers a block's weights in
-    # one buffer of one dtype, so there the frozen weights stay as the adapters are (autocast casts them).
-    if cfg.method.kind != "full" and (strategy is None or strategy[0] != "fsdp2"):
-        cast_frozen(model, precision)
+    # A full fine-tune saves every weight: none may be rounded. FSDP2 keeps a block's shards in one
+    # dtype, so there the frozen weights stay fp32 like the adapters and are gathered in bf16 instead.
+    fsdp2 = strategy is not None and strategy[0] == "fsdp2"
+    if cfg.method.kind != "full":
+        cast_frozen(model, precision, weights=not fsdp2)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.to(device).train()
-    ranks = distributed.wrap(model, strategy[0], device, strategy[1]) if strategy else None
+    gather = precision.dtype if fsdp2 and cfg.method.kind != "full" else None
+    ranks = distributed.wrap(model, strategy[0], device, strategy[1], gather) if strategy else None
     params = [p for p in model.parameters() if p.requires_grad]  # after sharding: FSDP2's are new
     plan = make_plan(cfg, train_ex)
     optimizer = make_optimizer(model, cfg.train, cfg.method.lora_plus_ratio if cfg.method.kind != "full" else None)
@@ -264,7 +266,7 @@ def train(cfg: Config, run_dir: Path, model_path: Path, tokenizer, resume: bool 
     hardware.join_process_group()  # under torchrun; the CLI has joined already
     s = setup_training(cfg, run_dir, model_path, tokenizer)
     if s.ranks is not None:
-        console.print(f"[bold]processes[/] {s.ranks.describe()}")
+        console.print(f"[bold]processes[/] {s.ranks.describe(cfg.train.grad_accum, cfg.train.batch_size)}")
     console.print(f"[bold]precision[/] {s.precision.describe()}")
     if master_dtype(cfg) != cfg.model.dtype:
         console.print(f"[yellow]note[/] method.kind full with model.dtype {cfg.model.dtype}: the weights train as fp32 master "
@@ -404,11 +406,11 @@ def _fit(cfg: Config, run_dir: Path, s: Setup, pad: int, resume: bool, config_ha
 
 def _step_of_ranks(cfg: Config, s: Setup, step: int, pad: int, pack_to: int | None,
                    stop: bool) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """One optimiser step in a job of several processes: this process's shard of each global
-    micro-batch, the step's totals over every process (one all_reduce: supervised tokens, tokens and
+    """One optimiser step in a job of several processes: this process's share of the step's global
+    micro-batches (distributed.Ranks.share), the step's totals over every process (one all_reduce: supervised tokens, tokens and
     whether a signal asked any process to stop), then the step. Returns (loss, grad norm, the step's
     tokens over every process, stop)."""
-    local = [s.ranks.local(idx) for idx in s.plan.micro_batches(step)]
+    local = s.ranks.share(s.plan.micro_batches(step))
     batches = [make_batch(s.train_ex, idx, pad, pack_to) for idx, _ in local]
     weights = [w for _, w in local]
     supervised = sum(b.supervised for b, w in zip(batches, weights) if w)
