@@ -11,6 +11,7 @@ runs' seconds are recorded only to show what the comparison cost (a loaded machi
 
     python bench/distributed.py train.precision=fp32            # the demo, fp32: ~50 min on 2 cores
     python bench/distributed.py --compare RUN_ONE RUN_MANY      # only compare two finished run folders
+    python bench/distributed.py train.grad_accum=1 train.batch_size=8 --key bf16_cut   # micro-batches cut in two
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--nproc-per-node", type=int, default=2, metavar="N", help="processes of the second run (default 2)")
     p.add_argument("--work", help="folder for the two runs (default: a new temp folder)")
     p.add_argument("--compare", nargs=2, metavar=("RUN_ONE", "RUN_MANY"), help="compare two finished run folders only")
+    p.add_argument("--key", help="the results' key for this pair (default: the runs' precision)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     seconds = {}
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}
     doc["machine"] = machine()
-    doc.setdefault("runs", {})[result["one"]["precision"]] = result
+    doc.setdefault("runs", {})[args.key or result["one"]["precision"]] = result
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("one", "many")}, indent=1))
     print(f"written: {out}")
