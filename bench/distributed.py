@@ -3,8 +3,9 @@
 Runs `tunekit run CONFIG` in one process, then `tunekit run CONFIG --nproc-per-node N` (torchrun,
 DDP), one after the other, and compares what they wrote: the verdict (the report's first
 paragraph), every contender's answer to every held-out question, the scores, the per-step
-training loss and the final adapter. Writes bench/results/distributed.json, under the key of the
-run's precision, so an fp32 pair and a bf16 pair sit side by side.
+training loss and the final adapter. Writes bench/results/distributed.json (or --out), under the
+key of the run's precision (or --key), so pairs sit side by side; one file holds one machine's
+pairs, as the docs state each file's figures with its machine.
 
 It is a check of equality, not of speed: on a CPU the processes share the cores, and the two
 runs' seconds are recorded only to show what the comparison cost (a loaded machine moves them).
@@ -12,6 +13,7 @@ runs' seconds are recorded only to show what the comparison cost (a loaded machi
     python bench/distributed.py train.precision=fp32            # the demo, fp32: ~50 min on 2 cores
     python bench/distributed.py --compare RUN_ONE RUN_MANY      # only compare two finished run folders
     python bench/distributed.py train.grad_accum=1 train.batch_size=8 --key bf16_cut   # micro-batches cut in two
+    python bench/distributed.py --out bench/results/distributed_whole.json      # another machine's pairs
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
         one, many = (Path(x) for x in args.compare)
     else:
         work = Path(args.work or tempfile.mkdtemp(prefix="distributed-"))
+        work.mkdir(parents=True, exist_ok=True)
         seconds["one"] = run(["run", str(CONFIG), *args.overrides, "--runs-dir", str(work / "one")], work / "one.log")
         seconds["many"] = run(["run", str(CONFIG), *args.overrides, "--runs-dir", str(work / "many"),
                                "--nproc-per-node", str(args.nproc_per_node)], work / "many.log")
@@ -106,7 +109,11 @@ def main(argv=None) -> int:
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}
-    doc["machine"] = machine()
+    here = machine()
+    if doc.get("runs") and doc.get("machine", {}).get("name") != here["name"]:
+        sys.exit(f"{out} holds pairs measured on {doc.get('machine', {}).get('name')}, not on this {here['name']}: "
+                 "name another file with --out")
+    doc["machine"] = here
     doc.setdefault("runs", {})[args.key or result["one"]["precision"]] = result
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("one", "many")}, indent=1))
