@@ -187,7 +187,7 @@ def test_single_file_output_unchanged(tmp_path, tiny_tokenizer):
     train = (tmp_path / "out" / "train.jsonl").read_bytes()
     # Written by prepare before data.mix existed, on the bundled example with the tiny tokenizer;
     # a deliberate change to what prepare writes updates it.
-    assert hashlib.sha256(train).hexdigest() == "09e8ab91671cceb02cc410f182fe6dcd1ef298527dd3e9d04a4914b256d53104"
+    assert hashlib.sha256(train).hexdigest() == "4eb07ab09507d1b43e5e024a439f91500e789421e4c9890b2ed9851e47dc9794"
     (only,) = report["sources"]
     assert (only["train"], only["repeated"], only["unused"], only["share"]) == (report["train"], 0, 0, 1.0)
     assert report["source"] == str(EXAMPLE / "train.jsonl")

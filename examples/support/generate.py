@@ -595,6 +595,10 @@ FOLLOW_UPS = ["Thanks. {q}", "Got it. {q}", "Another question: {q}", "Also, {q}"
 ANSWER_OPENERS = ["", "", "", "", "Sure. ", "Good question. ", "Happy to help. "]
 HELD_WRAPPERS = ["{q}", "{q}", "{q}", "Could you help me out? {q}", "A colleague wants to know: {q}"]
 HELD_JOINERS = ["{a} Also, {b}", "Two things. {a} And {b}"]
+# Customers ask two things in one message, and the held-out set does too (HELD_JOINERS); a
+# training set without one teaches the model to answer only the first. Training joins its
+# two-exchange conversations in other words than the held-out set.
+TRAIN_JOINERS = ["{a} And {b}", "{a} Plus, {b}", "Two questions: {a} And {b}", "{a} Separately, {b}"]
 TONES = [("plain", 25), ("polite", 20), ("terse", 8), ("frustrated", 10), ("casual", 12),
          ("context", 13), ("typo", 12)]
 KEEP_CASE = {"I", "I'm", "Pebble", "Crest", "Summit", "Meridian", "Sprig", "Salesforce",
@@ -605,7 +609,8 @@ NOISE_PLAN = [("exact_duplicate", 30), ("near_duplicate", 30), ("empty_turn", 10
               ("malformed_json", 2), ("not_an_object", 1), ("missing_messages", 1),
               ("unknown_role", 1), ("wrong_type", 1), ("no_final_assistant", 4), ("over_long", 5)]
 N_HELD_PAIRS = 16
-MAX_USER_WORDS, MAX_ASSISTANT_WORDS = 25, 35
+N_COMPOUND = 100
+MAX_USER_WORDS, MAX_ASSISTANT_WORDS = 35, 35
 
 
 def words(text):
@@ -736,10 +741,10 @@ def check_conversation(messages, fact_ids):
         limit = MAX_ASSISTANT_WORDS if m["role"] == "assistant" else MAX_USER_WORDS
         if m["role"] != "system" and words(m["content"]) > limit:
             raise SystemExit(f"turn too long ({words(m['content'])} words): {m['content']!r}")
-    for answer, fid in zip(answers, fact_ids):
-        for group in FACT_BY_ID[fid]["keys"]:
+    for answer, fids in zip(answers, fact_ids):  # "F01+F07": one answer states both
+        for group in [g for fid in fids.split("+") for g in FACT_BY_ID[fid]["keys"]]:
             if group[0].lower() not in answer.lower():
-                raise SystemExit(f"{fid}: answer lacks key {group[0]!r}: {answer!r}")
+                raise SystemExit(f"{fids}: answer lacks key {group[0]!r}: {answer!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -748,6 +753,53 @@ def check_conversation(messages, fact_ids):
 
 WORD_SWAPS = [("Hi", "Hello"), ("Hello", "Hi"), ("Thanks", "Thank you"), ("What's", "What is"),
               ("How", "how"), ("hey", "hi")]
+
+
+def strip_follow_up(question):
+    """The question inside a FOLLOW_UPS template."""
+    for template in FOLLOW_UPS:
+        head = template.split("{q}")[0]
+        if question.startswith(head):
+            return question[len(head):]
+    raise AssertionError(f"not a follow-up: {question!r}")
+
+
+def strip_opener(answer):
+    for opener in filter(None, ANSWER_OPENERS):
+        if answer.startswith(opener):
+            return answer[len(opener):]
+    return answer
+
+
+def join_exchanges(messages, rng):
+    """Two exchanges as one: the user asks both things, the assistant answers both."""
+    head = [m for m in messages if m["role"] == "system"]
+    (q1, a1), (q2, a2) = [(messages[i]["content"], messages[i + 1]["content"])
+                          for i in range(len(head), len(messages), 2)]
+    question = rng.choice(TRAIN_JOINERS).format(a=q1, b=lower_first(strip_follow_up(q2)))
+    return head + [{"role": "user", "content": question},
+                   {"role": "assistant", "content": a1 + " " + strip_opener(a2)}]
+
+
+def join_some_exchanges(valid, lines, defects, seed):
+    """Make N_COMPOUND two-exchange conversations ask both things in one message.
+
+    Runs after the noise is planted, with its own random stream, so the held-out set, the
+    defects and every line number stay what they were; conversations a defect copies are
+    left alone, so a duplicate still matches its original."""
+    rng = random.Random(f"compound-{seed}")
+    copied = {d["of_line"] for d in defects if d["of_line"]}
+    defect_lines = {d["line"] for d in defects}
+    line_of = [n for n in range(1, len(lines) + 1) if n not in defect_lines]
+    pool = [i for i, c in enumerate(valid)
+            if len(c["facts"]) == 2 and line_of[i] not in copied]
+    for i in sorted(rng.sample(pool, N_COMPOUND)):
+        messages = join_exchanges(valid[i]["messages"], rng)
+        check_conversation(messages, ["+".join(valid[i]["facts"])])
+        valid[i] = {**valid[i], "messages": messages}
+        lines[line_of[i] - 1] = json.dumps({"messages": messages})
+    if len(set(lines)) != len(lines) - sum(d["kind"] == "exact_duplicate" for d in defects):
+        raise SystemExit("joining exchanges made an unplanned exact duplicate")
 
 
 def near_duplicate(messages, rng):
@@ -920,6 +972,7 @@ def main(argv=None):
 
     valid = build_train(rng)
     lines, defects = plant_noise(valid, rng, FactDeck(rng))
+    join_some_exchanges(valid, lines, defects, args.seed)
     heldout = build_heldout(rng)
     train_user_turns = {norm(m["content"]) for c in valid for m in c["messages"] if m["role"] == "user"}
     check_heldout(heldout, train_user_turns)
