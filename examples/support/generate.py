@@ -16,8 +16,9 @@ Outputs (in --out, default examples/support/data):
   heldout.jsonl        evaluation questions asked in wording never used in training.
   noise_manifest.json  every planted defect: 1-based line, kind, original line.
 
-Only random.Random(seed) is used, all output is written in a fixed order, and
-nothing depends on time or set ordering, so a rerun is byte-identical.
+Only random.Random(seed) and, for joining two questions into one message, a second
+stream seeded from it are used; all output is written in a fixed order, and nothing
+depends on time or set ordering, so a rerun is byte-identical.
 
 Usage: python examples/support/generate.py [--out DIR] [--seed 0]
 """
