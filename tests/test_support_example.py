@@ -31,7 +31,7 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
-def test_the_shipped_files_are_the_generators(tmp_path, capsys):
+def test_the_shipped_files_are_the_generators(tmp_path):
     _generator().main(["--out", str(tmp_path)])
     for name in ("facts.json", "train.jsonl", "heldout.jsonl", "noise_manifest.json"):
         assert (tmp_path / name).read_bytes() == (EXAMPLE / "data" / name).read_bytes(), name
@@ -47,15 +47,16 @@ def _pattern(joiners: list[str]) -> re.Pattern:
 
 def test_a_hundred_messages_ask_two_things_and_their_answers_state_both():
     gen = _generator()
-    joined, held_words = 0, 0
+    joined, both, held_words = 0, 0, 0
     for record in _records(EXAMPLE / "data" / "train.jsonl"):
         talk = [m for m in record["messages"] if m["role"] != "system"]
         asks = [m["content"] for m in talk if m["role"] == "user" and isinstance(m["content"], str)]
         held_words += any(_pattern(gen.HELD_JOINERS).fullmatch(q) for q in asks)
         if len(talk) == 2 and _pattern(gen.TRAIN_JOINERS).fullmatch(asks[0]):
-            joined += sum(_states(f, talk[1]["content"]) for f in gen.FACTS) >= 2
-    # every joined answer states both facts word for word; a planted duplicate may add one more
-    assert gen.N_COMPOUND <= joined <= gen.N_COMPOUND + 10
+            joined += 1
+            both += sum(_states(f, talk[1]["content"]) for f in gen.FACTS) >= 2
+    # no planted defect copies a joined conversation, and every joined answer states both facts
+    assert joined == both == gen.N_COMPOUND
     assert held_words == 0  # the held-out set's two-fact questions are joined in other words
     heldout = [json.loads(x) for x in (EXAMPLE / "data" / "heldout.jsonl").read_text().splitlines()]
     assert sum(len(h["facts"]) == 2 for h in heldout) == gen.N_HELD_PAIRS
