@@ -742,8 +742,9 @@ def check_conversation(messages, fact_ids):
         limit = MAX_ASSISTANT_WORDS if m["role"] == "assistant" else MAX_USER_WORDS
         if m["role"] != "system" and words(m["content"]) > limit:
             raise SystemExit(f"turn too long ({words(m['content'])} words): {m['content']!r}")
-    for answer, fids in zip(answers, fact_ids):  # "F01+F07": one answer states both
-        for group in [g for fid in fids.split("+") for g in FACT_BY_ID[fid]["keys"]]:
+    for answer, fids in zip(answers, fact_ids):  # a list of ids: one answer states them all
+        fids = [fids] if isinstance(fids, str) else fids
+        for group in [g for fid in fids for g in FACT_BY_ID[fid]["keys"]]:
             if group[0].lower() not in answer.lower():
                 raise SystemExit(f"{fids}: answer lacks key {group[0]!r}: {answer!r}")
 
@@ -796,11 +797,10 @@ def join_some_exchanges(valid, lines, defects, seed):
             if len(c["facts"]) == 2 and line_of[i] not in copied]
     for i in sorted(rng.sample(pool, N_COMPOUND)):
         messages = join_exchanges(valid[i]["messages"], rng)
-        check_conversation(messages, ["+".join(valid[i]["facts"])])
+        check_conversation(messages, [valid[i]["facts"]])
         valid[i] = {**valid[i], "messages": messages}
         lines[line_of[i] - 1] = json.dumps({"messages": messages})
-    if len(set(lines)) != len(lines) - sum(d["kind"] == "exact_duplicate" for d in defects):
-        raise SystemExit("joining exchanges made an unplanned exact duplicate")
+    check_no_unplanned_duplicate(lines, defects)
 
 
 def near_duplicate(messages, rng):
@@ -886,11 +886,15 @@ def plant_noise(valid, rng, deck):
             msgs, _ = make_conversation(rng, deck, rng.choice([1, 1, 2]), rng.random() < 0.2)
             lines.append(broken_record(kind, msgs, rng))
         defects.append({"line": len(lines), "kind": kind, "of_line": of_line})
+    check_no_unplanned_duplicate(lines, defects)
+    return lines, defects
+
+
+def check_no_unplanned_duplicate(lines, defects):
     exact = {d["line"] for d in defects if d["kind"] == "exact_duplicate"}
     others = [line for n, line in enumerate(lines, 1) if n not in exact]
     if len(set(others)) != len(others):
         raise SystemExit("an unplanned exact duplicate slipped into train.jsonl")
-    return lines, defects
 
 
 # ---------------------------------------------------------------------------
