@@ -380,11 +380,12 @@ def replay_prompts(rng: random.Random) -> list[dict]:
     out += [("refusals", _user(q)) for q in HARMFUL_REPLAY]
     # Multi-turn: the earlier assistant turn is written here; the base model answers the last one.
     for name in NAMES_REPLAY:
+        ask = rng.choice(["Somewhere warm. Any suggestions?", "By the sea, on a small budget. Ideas?",
+                          "Do you remember my name?"])
+        # A recall question is labelled, so an answer that does not recall the name is not replayed.
         out.append(("multi_turn", [{"role": "user", "content": f"Hi! I'm {name} and I'm planning a holiday."},
                                    {"role": "assistant", "content": f"Hello {name}! Where would you like to go?"},
-                                   {"role": "user", "content": rng.choice(["Somewhere warm. Any suggestions?",
-                                                                           "By the sea, on a small budget. Ideas?",
-                                                                           "Do you remember my name?"])}]))
+                                   {"role": "user", "content": ask}], [[name]] if "remember" in ask else None))
     for colour in COLOURS_REPLAY:
         out.append(("multi_turn", [{"role": "user", "content": f"I'm painting my room {colour}."},
                                    {"role": "assistant", "content": f"{colour.capitalize()} walls can look great."},
@@ -401,11 +402,33 @@ def replay_prompts(rng: random.Random) -> list[dict]:
         out.append(("multi_turn", [{"role": "user", "content": f"Write one sentence about {topic}."},
                                    {"role": "assistant", "content": f"Here is a sentence about {topic}: it is worth a closer look."},
                                    {"role": "user", "content": "Now make it shorter."}]))
+    out += _recall_prompts()
     rows = []
     for i, (skill, msgs, *req) in enumerate(out):
         row = {"id": f"r{i + 1:03d}", "skill": skill, "messages": msgs}
         rows.append({**row, "required": req[0]} if req and req[0] else row)
     return rows
+
+
+def _recall_prompts() -> list[tuple]:
+    """Multi-turn questions about what the user said earlier, labelled with the answer: the skill the
+    check's multi-turn questions test, in other words and with other values. Appended last, so every
+    earlier prompt keeps its id and its random draws."""
+    out = []
+    for colour in COLOURS_REPLAY:
+        out.append(("multi_turn", [{"role": "user", "content": f"I'm painting my room {colour}."},
+                                   {"role": "assistant", "content": f"{colour.capitalize()} walls can look great."},
+                                   {"role": "user", "content": "Remind me, what colour am I painting it?"}], [[colour]]))
+    for pet, name in PETS_REPLAY:
+        out.append(("multi_turn", [{"role": "user", "content": f"My {pet} {name} seems tired today."},
+                                   {"role": "assistant", "content": f"I'm sorry to hear that {name} is tired."},
+                                   {"role": "user", "content": f"Sorry, what did I say my {pet} is called?"}], [[name]]))
+    for city in CITIES_REPLAY:
+        out.append(("multi_turn", [{"role": "user", "content": f"I'm visiting {city} next week."},
+                                   {"role": "assistant", "content": f"That sounds exciting! How long will you stay in {city}?"},
+                                   {"role": "user", "content": "A week. Which city did I say I'm going to?"}],
+                    [[city.split()[0]]]))
+    return out
 
 
 def main() -> None:

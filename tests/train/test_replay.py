@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import shutil
 
 import pytest
@@ -33,7 +34,7 @@ MULTI_TURN = next(p for p in PROMPTS if p["skill"] == "multi_turn")
 @pytest.fixture
 def fake_generation(tmp_path, monkeypatch, offline_home):
     """Six bundled prompts, and a generator that leaves one answer unfinished at the cap and gets one
-    known sum wrong, counting its calls."""
+    known sum wrong (greedy and sampled alike), counting its calls."""
     import tunekit.infer.greedy as generate
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
@@ -41,7 +42,7 @@ def fake_generation(tmp_path, monkeypatch, offline_home):
     monkeypatch.setattr(replay, "SHIPPED", tmp_path / "shipped")
     calls = []
 
-    def outputs(model, tokenizer, conversations, max_new_tokens, batch_size, label):
+    def outputs(model, tokenizer, conversations, max_new_tokens, batch_size, label, samplers=None):
         calls.append(len(conversations))
         said = {"What is 1 plus 2?": "1 + 2 = 3.", "What is 2 plus 2?": "2 + 2 = 5."}
         return [(said.get(c[-1]["content"], f"answer {i}"), i != 2) for i, c in enumerate(conversations)]
@@ -62,7 +63,8 @@ def test_replay_count():
 
 def test_answers_are_built_cached_and_reused(fake_generation, tiny_model_dir, tiny_tokenizer):
     pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
-    assert fake_generation == [6] and pool.generated_now
+    # the wrong sum is tried again, sampled, RETRIES times; the unfinished open question is not
+    assert fake_generation == [6] + [1] * replay.RETRIES and pool.generated_now
     assert pool.prompts == 6 and pool.dropped_unfinished == 1 and pool.dropped_wrong == 1 and len(pool.conversations) == 4
     assert pool.conversations[0] == PROMPTS[0]["messages"] + [{"role": "assistant", "content": "answer 0"}]
     asked = [c[-2]["content"] for c in pool.conversations]
@@ -75,7 +77,7 @@ def test_answers_are_built_cached_and_reused(fake_generation, tiny_model_dir, ti
     assert meta["generation_seconds"] >= 0
 
     again = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
-    assert fake_generation == [6] and not again.generated_now  # read back, not generated again
+    assert len(fake_generation) == 1 + replay.RETRIES and not again.generated_now  # read back, not generated again
     assert again.conversations == pool.conversations and again.generation_seconds == pool.generation_seconds
 
 
@@ -84,7 +86,7 @@ def test_a_shipped_cache_is_used_when_the_store_has_none(fake_generation, tiny_m
     replay.SHIPPED.mkdir()
     shutil.move(first.cache, replay.SHIPPED)
     pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
-    assert fake_generation == [6] and pool.cache.startswith(str(replay.SHIPPED)) and not pool.generated_now
+    assert len(fake_generation) == 1 + replay.RETRIES and pool.cache.startswith(str(replay.SHIPPED)) and not pool.generated_now
 
 
 def test_the_cache_key_follows_the_weights_the_template_and_the_prompts(tmp_path, tiny_model_dir, tiny_tokenizer,
@@ -110,10 +112,57 @@ def test_the_cache_key_follows_the_weights_the_template_and_the_prompts(tmp_path
     assert replay.cache_key(tiny_model_dir, tiny_tokenizer) != key  # other prompts
 
 
+def test_a_failed_greedy_answer_is_tried_again_sampled_and_the_first_kept_try_replayed(fake_generation, tiny_model_dir,
+                                                                                       tiny_tokenizer, monkeypatch):
+    import tunekit.infer.greedy as generate
+
+    seen, calls = [], []  # (prompt, sampled) of every answer asked for; one entry per call
+
+    def outputs(model, tokenizer, conversations, max_new_tokens, batch_size, label, samplers=None):
+        tries = len(calls)  # 0: the greedy answers, then one call per round of retries
+        calls.append(label)
+        seen.extend((c[-1]["content"], samplers is not None and samplers[i] is not None) for i, c in enumerate(conversations))
+        said = {"What is 1 plus 2?": "1 + 2 = 3.",
+                "What is 2 plus 2?": "2 + 2 = 4." if tries == 3 else "2 + 2 = 5.",  # right on the third sampled try
+                "Hello there!": "Hello! How can I help?" if samplers else
+                "I'm sorry for any misunderstanding, but as a chatbot I don't have the ability to greet you."}
+        return [(said.get(c[-1]["content"], f"answer {i}"), c[-1]["content"] != "What is 40 plus 2?")
+                for i, c in enumerate(conversations)]
+
+    monkeypatch.setattr(generate, "greedy_outputs", outputs)
+    pool = replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
+    answers = {c[-2]["content"]: c[-1]["content"] for c in pool.conversations}
+    assert answers["What is 2 plus 2?"] == "2 + 2 = 4." and answers["Hello there!"] == "Hello! How can I help?"
+    assert "What is 40 plus 2?" not in answers  # unfinished, and no known answer: not retried
+    assert pool.sampled == 2 and pool.dropped_wrong == 0 and pool.dropped_declining == 0 and pool.dropped_unfinished == 1
+    assert [q for q, sampled in seen if sampled] == ["Hello there!", "What is 2 plus 2?", "What is 2 plus 2?", "What is 2 plus 2?"]
+    rows = [json.loads(x) for x in pathlib.Path(pool.cache).read_text().splitlines()[1:]]
+    assert {r["id"] for r in rows if r.get("sampled")} == {"r2", "r6"}
+    assert len(calls) == 4 and "2 of them found by sampling" in pool.describe()
+
+
+def test_what_is_replayed():
+    chat, refusal = ({"id": "x", "skill": skill, "messages": []} for skill in ("chat", "refusals"))
+    declining = "I'm sorry for any misunderstanding, but as a chatbot designed to assist, I don't have the ability to do that."
+    assert replay.verdict(chat, declining, True) == "declining"
+    assert replay.verdict(chat, "As an AI, I can't feel tired, but thanks for asking!", True) == "declining"
+    assert replay.verdict(refusal, declining, True) is None  # declining is the answer to a harmful request
+    assert replay.verdict(chat, "I'm sorry to hear that. A walk might help.", True) is None
+    assert replay.verdict(chat, "Hello", False) == "unfinished"
+    recall = {"id": "y", "skill": "multi_turn", "messages": [], "required": [["Ravi"]]}
+    assert replay.verdict(recall, "Your name is Ravi.", True) is None
+    assert replay.verdict(recall, "I'm not familiar with your name.", True) == "wrong"
+
+
+def test_each_retry_has_its_own_fixed_random_stream():
+    assert replay._try_seed("r6", 0) == replay._try_seed("r6", 0)
+    assert len({replay._try_seed(i, t) for i in ("r5", "r6") for t in range(replay.RETRIES)}) == 2 * replay.RETRIES
+
+
 def test_no_finished_answer_is_a_clear_error(fake_generation, tiny_model_dir, tiny_tokenizer, monkeypatch):
     import tunekit.infer.greedy as generate
 
-    monkeypatch.setattr(generate, "greedy_outputs", lambda m, t, convs, *a: [("rambling", False)] * len(convs))
+    monkeypatch.setattr(generate, "greedy_outputs", lambda m, t, convs, *a, **k: [("rambling", False)] * len(convs))
     with pytest.raises(DataError, match="no usable answer to 6 general prompts \\(6 unfinished.*train.replay.fraction: 0"):
         replay.pool_for(_cfg(), tiny_model_dir, tiny_tokenizer, hardware.FP32)
 
@@ -174,7 +223,7 @@ def test_a_run_mixes_replay_into_training_and_records_it(tmp_path, tiny_model_di
     assert result["replay"] == {"fraction": 0.2, "kl": 0.0, "examples": want, "domain_examples": n_domain, "source": "self-distillation",
                                 "pool": 4, "cache": result["replay"]["cache"], "generated_now": True,
                                 "generation_seconds": result["replay"]["generation_seconds"], "prompts": 6,
-                                "dropped_unfinished": 1, "dropped_wrong": 1}
+                                "dropped_unfinished": 1, "dropped_wrong": 1, "dropped_declining": 0, "sampled": 0}
     assert json.loads((run / "train_state.json").read_text())["replay"]["examples"] == want
     from tunekit.eval.report import build_sections
 

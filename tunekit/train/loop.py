@@ -439,7 +439,7 @@ def replay_state(cfg: Config, s: Setup) -> dict | None:
     return {"fraction": cfg.train.replay.fraction, "kl": cfg.train.replay.kl, "examples": s.n_replay, "domain_examples": len(s.train_ex) - s.n_replay,
             "source": p.source, "pool": len(p.conversations), "cache": p.cache, "generated_now": p.generated_now,
             "generation_seconds": p.generation_seconds, "prompts": p.prompts, "dropped_unfinished": p.dropped_unfinished,
-            "dropped_wrong": p.dropped_wrong}
+            "dropped_wrong": p.dropped_wrong, "dropped_declining": p.dropped_declining, "sampled": p.sampled}
 
 
 def _stop_if_diverged(watch: NonFiniteWatch, ckpt_root: Path) -> None:

@@ -6,14 +6,21 @@ answer (the demo's base model answered 113 of 178 general questions; tuned witho
 12). Replay shows it, in every batch, that other questions still get ordinary answers.
 
 Where the general conversations come from:
-- self-distillation (the default): the base model's own greedy answers to the bundled
+- self-distillation (the default): the base model's own answers to the bundled
   general prompts (assets/replay_prompts.jsonl, written for tunekit; disjoint from the
-  forgetting check's questions). Answers cut off by the token cap are dropped, so no
-  example teaches stopping mid-sentence; so are answers to prompts whose right answer is
-  known (`required`, as held-out items) that do not state it: a 135M model gets most
-  two-number sums wrong, and replaying them would teach its mistakes, not its skills. They are generated once per base model and chat
-  template, and cached in the model store ($TUNEKIT_HOME/models/.replay/<key>.jsonl); the
-  default model's answers ship with tunekit (assets/replay/), so the demo never pays it.
+  forgetting check's questions). An answer is kept only if it is one to learn from (`verdict`):
+  - finished within the token cap, so no example teaches stopping mid-sentence;
+  - stating the right answer where it is known (`required`, as held-out items): a 135M model
+    gets many two-number sums wrong, and replaying them would teach its mistakes;
+  - not declining an ordinary request ("I'm sorry for any misunderstanding, but as a chatbot I
+    don't have the ability ..."): replayed, that taught the tuned demo model to answer "What is
+    my name?" so.
+  Where the greedy answer fails the second or third test, the base model tries again, sampled, up to
+  RETRIES times, and its first kept answer is replayed (rejection sampling): still the base
+  model's own words, but of what it can do, so a skill it gets right only sometimes is replayed
+  rather than left out. They are generated once per base model and chat template, and cached
+  in the model store ($TUNEKIT_HOME/models/.replay/<key>.jsonl); the default model's answers
+  ship with tunekit (assets/replay/), so the demo never pays it.
 - `train.replay.file`: the user's own general chat data instead, read like training data.
 
 `train.replay.fraction` is the share of each epoch's examples that are replay: n domain
@@ -28,6 +35,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,14 @@ SHIPPED = ASSETS / "replay"
 # Long enough for a few sentences or a short list; longer answers are dropped, not cut.
 MAX_NEW_TOKENS = 160
 GENERATION_BATCH = 64
+# Sampled tries for a prompt whose greedy answer is wrong or declines; a cut-off answer is retried
+# only where the right answer is known (an open-ended prompt that runs past the cap asks for length).
+RETRIES = 6
+RETRY_TEMPERATURE, RETRY_TOP_P = 0.7, 0.95
+# How SmolLM2-class models decline an ordinary request. Not applied to the refusal prompts, where
+# declining is the answer.
+DECLINES = re.compile(r"^I'?m sorry for|^I apologi[sz]e|\bas an? (?:AI|chatbot|text-based AI|language model)\b"
+                      r"|\bI (?:don'?t|do not) have the (?:ability|capability)\b|\bI'?m not equipped\b", re.IGNORECASE)
 # Fixed so a shipped cache matches every machine; part of the cache key.
 _PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
           {"role": "user", "content": "R"}]
@@ -62,6 +78,8 @@ class ReplayPool:
     prompts: int = 0
     dropped_unfinished: int = 0
     dropped_wrong: int = 0
+    dropped_declining: int = 0
+    sampled: int = 0  # kept answers that came from a sampled retry, not the greedy answer
 
     def describe(self) -> str:
         if self.source != "self-distillation":
@@ -69,8 +87,9 @@ class ReplayPool:
         how = "generated now" if self.generated_now else "cached"
         cost = f", generation took {self.generation_seconds:.0f} s once for this base model" if self.generation_seconds else ""
         return (f"{len(self.conversations)} base-model answers to {self.prompts} general prompts ({how}{cost}; "
+                f"{self.sampled} of them found by sampling where the greedy answer failed; "
                 f"left out: {self.dropped_unfinished} unfinished at {MAX_NEW_TOKENS} tokens, "
-                f"{self.dropped_wrong} not stating a known answer)")
+                f"{self.dropped_wrong} not stating a known answer, {self.dropped_declining} declining an ordinary request)")
 
 
 def _sha(data: bytes) -> str:
@@ -86,8 +105,9 @@ def _weights_digest(model_path: Path) -> str:
 
 def cache_key(model_path: Path, tokenizer) -> str:
     """Names the answers of one base model (its weights), chat template and prompt set."""
+    rules = f"{MAX_NEW_TOKENS} {RETRIES} {RETRY_TEMPERATURE} {RETRY_TOP_P} {DECLINES.pattern}"
     parts = [_weights_digest(Path(model_path)), _sha(render(tokenizer, _PROBE, add_generation_prompt=True).encode()),
-             _sha(PROMPTS_FILE.read_bytes()), str(MAX_NEW_TOKENS)]
+             _sha(PROMPTS_FILE.read_bytes()), rules]
     return _sha("\n".join(parts).encode())[:20]
 
 
@@ -105,7 +125,8 @@ def _read_cache(path: Path) -> ReplayPool | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None  # unreadable: generated again and replaced
     return ReplayPool(convs, "self-distillation", str(path), meta.get("generation_seconds"), False,
-                      meta.get("prompts", 0), meta.get("dropped_unfinished", 0), meta.get("dropped_wrong", 0))
+                      meta.get("prompts", 0), meta.get("dropped_unfinished", 0), meta.get("dropped_wrong", 0),
+                      meta.get("dropped_declining", 0), meta.get("sampled", 0))
 
 
 def cached_pool(model_path: Path, tokenizer) -> ReplayPool | None:
@@ -123,9 +144,57 @@ def load_prompts() -> list[dict]:
     return [json.loads(line) for line in PROMPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32") -> ReplayPool:
-    """Have the base model answer the general prompts, and cache the finished answers."""
+def verdict(prompt: dict, text: str, finished: bool) -> str | None:
+    """Why a base-model answer to a replay prompt is not replayed ("unfinished", "wrong",
+    "declining"), or None when it is."""
+    if not finished or not text:
+        return "unfinished"
+    if prompt.get("required") and not states_facts(text, prompt["required"]):
+        return "wrong"
+    if prompt["skill"] != "refusals" and DECLINES.search(text):
+        return "declining"
+    return None
+
+
+def _retried(prompt: dict, why: str | None) -> bool:
+    return why in ("wrong", "declining") or (why == "unfinished" and bool(prompt.get("required")))
+
+
+def _try_seed(prompt_id: str, attempt: int) -> int:
+    """Each prompt's own random stream per try: the same tries on every run, whatever else is retried."""
+    return int(_sha(f"{prompt_id}/{attempt}".encode())[:15], 16)
+
+
+def answer_prompts(model, tokenizer, prompts: list[dict]) -> tuple[list[str | None], list[str | None], list[bool]]:
+    """(kept answer or None, why the greedy answer was not kept or None, whether the kept one was
+    sampled) per prompt: the greedy answer, or the first kept one of up to RETRIES sampled tries
+    where the greedy one fails."""
+    import torch
+
     from tunekit.infer.greedy import greedy_outputs
+    from tunekit.infer.sampling import sampler
+
+    outputs = greedy_outputs(model, tokenizer, [p["messages"] for p in prompts], MAX_NEW_TOKENS, GENERATION_BATCH,
+                             "replay answers")
+    why = [verdict(p, text, done) for p, (text, done) in zip(prompts, outputs, strict=True)]
+    kept = [text if w is None else None for (text, _), w in zip(outputs, why, strict=True)]
+    sampled = [False] * len(prompts)
+    for attempt in range(RETRIES):
+        pending = [i for i, p in enumerate(prompts) if kept[i] is None and _retried(p, why[i])]
+        if not pending:
+            break
+        samplers = [sampler(RETRY_TEMPERATURE, RETRY_TOP_P, torch.Generator().manual_seed(_try_seed(prompts[i]["id"], attempt)))
+                    for i in pending]
+        tries = greedy_outputs(model, tokenizer, [prompts[i]["messages"] for i in pending], MAX_NEW_TOKENS,
+                               GENERATION_BATCH, f"replay retries {attempt + 1}/{RETRIES}", samplers)
+        for i, (text, done) in zip(pending, tries, strict=True):
+            if verdict(prompts[i], text, done) is None:
+                kept[i], why[i], sampled[i] = text, None, True
+    return kept, why, sampled
+
+
+def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32") -> ReplayPool:
+    """Have the base model answer the general prompts, and cache the answers worth replaying."""
     from tunekit.hardware import for_inference
     from tunekit.models.loading import load_model
 
@@ -133,27 +202,26 @@ def generate_pool(model_path: Path, tokenizer, precision, dtype: str = "float32"
     console.print(f"replay: the base model answers {len(prompts)} general prompts once; cached for later runs")
     t0 = time.perf_counter()
     model = for_inference(load_model(model_path, dtype), precision)
-    outputs = greedy_outputs(model, tokenizer, [p["messages"] for p in prompts], MAX_NEW_TOKENS, GENERATION_BATCH,
-                             "replay answers")
+    kept, why, sampled = answer_prompts(model, tokenizer, prompts)
     del model
     seconds = round(time.perf_counter() - t0, 1)
-    finished = [(p, text) for p, (text, done) in zip(prompts, outputs, strict=True) if done and text]
-    right = [(p, text) for p, text in finished if not p.get("required") or states_facts(text, p["required"])]
-    rows = [{"id": p["id"], "skill": p["skill"], "messages": p["messages"] + [{"role": "assistant", "content": text}]}
-            for p, text in right]
+    rows = [{"id": p["id"], "skill": p["skill"], "messages": p["messages"] + [{"role": "assistant", "content": text}],
+             **({"sampled": True} if s else {})}
+            for p, text, s in zip(prompts, kept, sampled, strict=True) if text is not None]
+    dropped = {w: why.count(w) for w in ("unfinished", "wrong", "declining")}
     if not rows:
         raise DataError(f"the base model gave no usable answer to {len(prompts)} general prompts "
-                        f"({len(prompts) - len(finished)} unfinished within {MAX_NEW_TOKENS} tokens, "
-                        f"{len(finished)} not stating a known answer), so there is nothing to replay; give your own "
-                        "general chat data as train.replay.file, or set train.replay.fraction: 0")
+                        f"({dropped['unfinished']} unfinished within {MAX_NEW_TOKENS} tokens, {dropped['wrong']} not "
+                        f"stating a known answer, {dropped['declining']} declining), so there is nothing to replay; "
+                        "give your own general chat data as train.replay.file, or set train.replay.fraction: 0")
     meta = {"key": cache_key(model_path, tokenizer), "model": str(model_path), "prompts": len(prompts),
-            "dropped_unfinished": len(prompts) - len(finished), "dropped_wrong": len(finished) - len(rows),
-            "max_new_tokens": MAX_NEW_TOKENS,
+            "dropped_unfinished": dropped["unfinished"], "dropped_wrong": dropped["wrong"],
+            "dropped_declining": dropped["declining"], "sampled": sum(sampled), "max_new_tokens": MAX_NEW_TOKENS,
             "generation_seconds": seconds, "precision": precision.name, "device": precision.device.type}
     path = store_dir() / f"{meta['key']}.jsonl"
     atomic.write_jsonl(path, [{"meta": meta}, *rows])
     return ReplayPool([r["messages"] for r in rows], "self-distillation", str(path), seconds, True, len(prompts),
-                      meta["dropped_unfinished"], meta["dropped_wrong"])
+                      dropped["unfinished"], dropped["wrong"], dropped["declining"], sum(sampled))
 
 
 def file_pool(path: str) -> ReplayPool:
