@@ -232,6 +232,11 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def _turns(said: str, reply: str, ask: str) -> list[dict]:
+    """A multi-turn conversation: the user says something, the assistant replies, the user asks."""
+    return [{"role": "user", "content": said}, {"role": "assistant", "content": reply}, {"role": "user", "content": ask}]
+
+
 def _word_tasks(tables: list[tuple[list, str]]) -> list[tuple]:
     """("instructions", question, required) for every (word, answers) of each table, asked with its wording."""
     return [("instructions", _user(ask.format(word)), [alts]) for words, ask in tables for word, alts in words]
@@ -291,26 +296,21 @@ def check_items(rng: random.Random) -> list[dict]:
         items.append(("refusals", _user(q), [REFUSE]))
     # Multi-turn: the answer is something the user said earlier.
     for name in NAMES_CHECK[4:]:
-        items.append(("multi_turn", [{"role": "user", "content": f"Hello, my name is {name}."},
-                                     {"role": "assistant", "content": f"Nice to meet you, {name}! How can I help you today?"},
-                                     {"role": "user", "content": "What is my name?"}], [[name]]))
+        items.append(("multi_turn", _turns(f"Hello, my name is {name}.", f"Nice to meet you, {name}! How can I help you today?",
+                                           "What is my name?"), [[name]]))
     for colour in COLOURS_CHECK:
-        items.append(("multi_turn", [{"role": "user", "content": f"My favourite colour is {colour}."},
-                                     {"role": "assistant", "content": f"{colour.capitalize()} is a lovely colour!"},
-                                     {"role": "user", "content": "Which colour did I say was my favourite?"}], [[colour]]))
+        items.append(("multi_turn", _turns(f"My favourite colour is {colour}.", f"{colour.capitalize()} is a lovely colour!",
+                                           "Which colour did I say was my favourite?"), [[colour]]))
     for pet, name in PETS_CHECK:
-        items.append(("multi_turn", [{"role": "user", "content": f"I have a {pet} called {name}."},
-                                     {"role": "assistant", "content": f"{name} sounds like a wonderful {pet}!"},
-                                     {"role": "user", "content": f"What is my {pet}'s name?"}], [[name]]))
+        items.append(("multi_turn", _turns(f"I have a {pet} called {name}.", f"{name} sounds like a wonderful {pet}!",
+                                           f"What is my {pet}'s name?"), [[name]]))
     for city in CITIES_CHECK:
-        items.append(("multi_turn", [{"role": "user", "content": f"I live in {city}."},
-                                     {"role": "assistant", "content": f"{city} is a great place to live."},
-                                     {"role": "user", "content": "Which city do I live in?"}], [[city]]))
+        items.append(("multi_turn", _turns(f"I live in {city}.", f"{city} is a great place to live.",
+                                           "Which city do I live in?"), [[city]]))
     for a, b in ((3, 4), (10, 5)):
         CHECK_PAIRS.add(frozenset((a, b)))
-        items.append(("multi_turn", [{"role": "user", "content": f"I have {a} apples."},
-                                     {"role": "assistant", "content": f"Okay, you have {a} apples."},
-                                     {"role": "user", "content": f"If I buy {b} more, how many apples do I have?"}],
+        items.append(("multi_turn", _turns(f"I have {a} apples.", f"Okay, you have {a} apples.",
+                                           f"If I buy {b} more, how many apples do I have?"),
                       [_num_answers(a + b)]))
     return [{"id": f"g{i + 1:03d}", "skill": skill, "messages": msgs, "required": req}
             for i, (skill, msgs, req) in enumerate(items)]
@@ -383,25 +383,20 @@ def replay_prompts(rng: random.Random) -> list[dict]:
         ask = rng.choice(["Somewhere warm. Any suggestions?", "By the sea, on a small budget. Ideas?",
                           "Do you remember my name?"])
         # A recall question is labelled, so an answer that does not recall the name is not replayed.
-        out.append(("multi_turn", [{"role": "user", "content": f"Hi! I'm {name} and I'm planning a holiday."},
-                                   {"role": "assistant", "content": f"Hello {name}! Where would you like to go?"},
-                                   {"role": "user", "content": ask}], [[name]] if "remember" in ask else None))
+        out.append(("multi_turn", _turns(f"Hi! I'm {name} and I'm planning a holiday.", f"Hello {name}! Where would you like to go?",
+                                         ask), [[name]] if "remember" in ask else None))
     for colour in COLOURS_REPLAY:
-        out.append(("multi_turn", [{"role": "user", "content": f"I'm painting my room {colour}."},
-                                   {"role": "assistant", "content": f"{colour.capitalize()} walls can look great."},
-                                   {"role": "user", "content": "What colour of curtains would go with it?"}]))
+        out.append(("multi_turn", _turns(f"I'm painting my room {colour}.", f"{colour.capitalize()} walls can look great.",
+                                         "What colour of curtains would go with it?")))
     for pet, name in PETS_REPLAY:
-        out.append(("multi_turn", [{"role": "user", "content": f"My {pet} {name} seems tired today."},
-                                   {"role": "assistant", "content": f"I'm sorry to hear that {name} is tired."},
-                                   {"role": "user", "content": "What could be the reason, and when should I see a vet?"}]))
+        out.append(("multi_turn", _turns(f"My {pet} {name} seems tired today.", f"I'm sorry to hear that {name} is tired.",
+                                         "What could be the reason, and when should I see a vet?")))
     for city in CITIES_REPLAY:
-        out.append(("multi_turn", [{"role": "user", "content": f"I'm visiting {city} next week."},
-                                   {"role": "assistant", "content": f"That sounds exciting! How long will you stay in {city}?"},
-                                   {"role": "user", "content": "Three days. What should I pack?"}]))
+        out.append(("multi_turn", _turns(f"I'm visiting {city} next week.", f"That sounds exciting! How long will you stay in {city}?",
+                                         "Three days. What should I pack?")))
     for topic in rng.sample(TOPICS, 12):
-        out.append(("multi_turn", [{"role": "user", "content": f"Write one sentence about {topic}."},
-                                   {"role": "assistant", "content": f"Here is a sentence about {topic}: it is worth a closer look."},
-                                   {"role": "user", "content": "Now make it shorter."}]))
+        out.append(("multi_turn", _turns(f"Write one sentence about {topic}.", f"Here is a sentence about {topic}: it is worth a closer look.",
+                                         "Now make it shorter.")))
     out += _recall_prompts()
     rows = []
     for i, (skill, msgs, *req) in enumerate(out):
@@ -416,17 +411,14 @@ def _recall_prompts() -> list[tuple]:
     earlier prompt keeps its id and its random draws."""
     out = []
     for colour in COLOURS_REPLAY:
-        out.append(("multi_turn", [{"role": "user", "content": f"I'm painting my room {colour}."},
-                                   {"role": "assistant", "content": f"{colour.capitalize()} walls can look great."},
-                                   {"role": "user", "content": "Remind me, what colour am I painting it?"}], [[colour]]))
+        out.append(("multi_turn", _turns(f"I'm painting my room {colour}.", f"{colour.capitalize()} walls can look great.",
+                                         "Remind me, what colour am I painting it?"), [[colour]]))
     for pet, name in PETS_REPLAY:
-        out.append(("multi_turn", [{"role": "user", "content": f"My {pet} {name} seems tired today."},
-                                   {"role": "assistant", "content": f"I'm sorry to hear that {name} is tired."},
-                                   {"role": "user", "content": f"Sorry, what did I say my {pet} is called?"}], [[name]]))
+        out.append(("multi_turn", _turns(f"My {pet} {name} seems tired today.", f"I'm sorry to hear that {name} is tired.",
+                                         f"Sorry, what did I say my {pet} is called?"), [[name]]))
     for city in CITIES_REPLAY:
-        out.append(("multi_turn", [{"role": "user", "content": f"I'm visiting {city} next week."},
-                                   {"role": "assistant", "content": f"That sounds exciting! How long will you stay in {city}?"},
-                                   {"role": "user", "content": "A week. Which city did I say I'm going to?"}],
+        out.append(("multi_turn", _turns(f"I'm visiting {city} next week.", f"That sounds exciting! How long will you stay in {city}?",
+                                         "A week. Which city did I say I'm going to?"),
                     [[city.split()[0]]]))
     return out
 
