@@ -15,10 +15,10 @@ Where the general conversations come from:
   - not declining an ordinary request ("I'm sorry for any misunderstanding, but as a chatbot I
     don't have the ability ..."): replayed, that taught the tuned demo model to answer "What is
     my name?" so.
-  Where the greedy answer fails the second or third test, the base model tries again, sampled, up to
-  RETRIES times, and its first kept answer is replayed (rejection sampling): still the base
-  model's own words, but of what it can do, so a skill it gets right only sometimes is replayed
-  rather than left out. They are generated once per base model and chat template, and cached
+  Where the greedy answer is wrong, declines, or is cut off where the right answer is known, the
+  base model tries again, sampled, up to RETRIES times, and its first kept answer is replayed
+  (rejection sampling): still the base model's own words, but of what it can do, so a skill it
+  gets right only sometimes is replayed rather than left out. They are generated once per base model and chat template, and cached
   in the model store ($TUNEKIT_HOME/models/.replay/<key>.jsonl); the default model's answers
   ship with tunekit (assets/replay/), so the demo never pays it.
 - `train.replay.file`: the user's own general chat data instead, read like training data.
